@@ -1,0 +1,78 @@
+import json
+
+import numpy as np
+import pytest
+
+from vpp_core.config import ConfigError, load_config, normalize_overrides, save_config
+from vpp_core.io import append_jsonl, atomic_json_dump, atomic_write
+from vpp_core.precision import resolve_dtype
+from vpp_core.video_io import VideoReadError, read_video, video_info, write_mp4
+
+
+def test_override_spellings_are_equivalent():
+    assert normalize_overrides(["a.b=1", "--c", "x", "--d=2", "--flag"]) == ["a.b=1", "c=x", "d=2", "flag=true"]
+
+
+def test_load_config_applies_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train_args:\n  lr: 1.0\nname: x\n")
+    cfg = load_config(path, ["--pretrained_model_path", "/m", "train_args.lr=2.5"])
+    assert cfg.pretrained_model_path == "/m" and cfg.train_args.lr == 2.5 and cfg.name == "x"
+    save_config(cfg, tmp_path / "out" / "config.yaml")
+    assert load_config(tmp_path / "out" / "config.yaml").train_args.lr == 2.5
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="cannot parse override"):
+        normalize_overrides(["positional"])
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "result.json"
+    atomic_json_dump({"a": 1}, target)
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("crash")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_append_jsonl(tmp_path):
+    append_jsonl({"i": 0}, tmp_path / "r.jsonl")
+    append_jsonl({"i": 1}, tmp_path / "r.jsonl")
+    assert [json.loads(line)["i"] for line in (tmp_path / "r.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_video_round_trip(tmp_path):
+    # smooth gradients survive h264 well; random noise would not
+    t, h, w = 6, 40, 34
+    frames = np.zeros((t, h, w, 3), np.uint8)
+    frames[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None, None, :]
+    frames[..., 1] = np.arange(t, dtype=np.uint8)[:, None, None] * 40
+    write_mp4(tmp_path / "v.mp4", frames, fps=5)
+    info = video_info(tmp_path / "v.mp4")
+    assert (info.num_frames, info.height, info.width, info.fps) == (t, h, w, 5.0)
+    decoded = read_video(tmp_path / "v.mp4", indices=[0, 5, 5])
+    assert decoded.shape == (3, h, w, 3)
+    assert np.abs(decoded[1].astype(int) - frames[5]).mean() < 6
+
+
+def test_corrupt_video_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(VideoReadError, match="bad.mp4"):
+        read_video(bad)
+    with pytest.raises(VideoReadError, match="does not exist"):
+        read_video(tmp_path / "missing.mp4")
+
+
+def test_resolve_dtype():
+    import torch
+
+    assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("no") is torch.float32
+    assert resolve_dtype("auto", device="cpu") is torch.float32
+    with pytest.raises(ValueError):
+        resolve_dtype("fp8")

@@ -1,0 +1,1 @@
+"""Cross-cutting helpers shared by every stage: configuration, atomic file writes, video I/O, seeding, precision."""

@@ -1,0 +1,77 @@
+"""Configuration loading: yaml files plus command-line overrides.
+
+The original scripts accepted overrides in two spellings (`key=value` after `--config`, and the README's
+`--key value`), and the second one crashed. Both are accepted here and mean the same thing, so commands copied from
+either the original README or ours work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vpp_core.io import atomic_write
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed; the message names the file or the override."""
+
+
+def normalize_overrides(args: Sequence[str]) -> list[str]:
+    """Turn `--a.b value`, `--a.b=value` and `a.b=value` into OmegaConf dot-list entries `a.b=value`."""
+    dotlist: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key = arg[2:]
+            if "=" in key:
+                dotlist.append(key)
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                dotlist.append(f"{key}={args[i + 1]}")
+                i += 1
+            else:
+                dotlist.append(f"{key}=true")
+        elif "=" in arg:
+            dotlist.append(arg)
+        else:
+            raise ConfigError(f"cannot parse override {arg!r}: expected key=value or --key value")
+        i += 1
+    return dotlist
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a yaml config (or start empty) and apply overrides in either spelling."""
+    cfg = OmegaConf.create({})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception as exc:  # omegaconf raises several yaml/grammar errors; name the file in all cases
+            raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+        if not isinstance(cfg, DictConfig):
+            raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    dotlist = normalize_overrides(list(overrides))
+    if dotlist:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+        except Exception as exc:
+            raise ConfigError(f"invalid override in {dotlist}: {exc}") from exc
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    """Write the fully resolved config next to a checkpoint, atomically."""
+    with atomic_write(path) as tmp:
+        OmegaConf.save(cfg, tmp, resolve=True)
+
+
+def require_keys(cfg: DictConfig, keys: Sequence[str], source: str) -> None:
+    """Fail early with the names of missing keys instead of a KeyError deep inside a training loop."""
+    missing = [k for k in keys if OmegaConf.select(cfg, k, default=None) is None]
+    if missing:
+        raise ConfigError(f"{source}: missing required config keys {missing}")
