@@ -1,0 +1,1 @@
+"""Speed and memory harnesses. Each prints one JSON object; results are recorded in docs/PERFORMANCE.md."""

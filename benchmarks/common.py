@@ -1,0 +1,63 @@
+"""Shared pieces of the benchmark harnesses: timing, memory, environment description."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def environment() -> dict[str, Any]:
+    import diffusers
+    import transformers
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+    }
+    if not torch.cuda.is_available():
+        env["cpu_threads"] = torch.get_num_threads()
+    return env
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> dict[str, float]:
+    """Median / p90 / mean wall time in ms of `fn` after `warmup` untimed calls (CUDA-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
+        "mean_ms": statistics.fmean(times),
+        "iters": iters,
+    }
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(json.dumps(result, indent=2, default=str))

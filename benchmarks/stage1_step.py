@@ -1,0 +1,97 @@
+"""Stage-1 training step of the full-size SVD U-Net (random weights): time per step and peak memory.
+
+    python benchmarks/stage1_step.py --batch 6 --precision bf16 --checkpointing blocks
+    python benchmarks/stage1_step.py --tiny --device cpu --batch 1     # smoke run on a laptop
+
+The step is the real training math (video_models.edm.video_diffusion_loss on 16x4x32x32 latents with text tokens
+20x1024), AdamW (lr 5e-6, wd 0) and gradient clipping 1.0, exactly what step1_train_svd.py runs per batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+
+from benchmarks.common import emit, environment, peak_memory_gib, time_fn
+from video_models.builders import build_unet, count_parameters
+from video_models.checkpointing import configure_gradient_checkpointing
+from video_models.edm import micro_conditioning, video_diffusion_loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=6)
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16",
+                        help="autocast dtype; weights and optimizer state stay fp32")
+    parser.add_argument("--checkpointing", choices=["none", "diffusers", "blocks"], default="blocks",
+                        help="diffusers = ResNet-level (what the original forced on); blocks = whole U-Net blocks")
+    parser.add_argument("--optimizer", choices=["fused", "foreach", "per-tensor"], default="fused",
+                        help="per-tensor = one param group per tensor and no foreach, like the original")
+    parser.add_argument("--tiny", action="store_true", help="tiny U-Net from video_conf/tiny.yaml")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if args.tiny:
+        from vpp_core.config import load_config
+
+        unet_cfg = load_config("video_conf/tiny.yaml").model.unet
+    else:
+        unet_cfg = None
+    unet = build_unet(unet_cfg).to(device).train()
+    configure_gradient_checkpointing(unet, args.checkpointing)
+    latent = unet.config.sample_size * 8 // 3 // 8
+    frames = 16  # VPP's clip length; the U-Net config's num_frames (25 for the default) is not used by forward
+    text_dim = unet.config.cross_attention_dim
+
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if args.optimizer == "per-tensor":
+        optimizer = torch.optim.AdamW([{"params": [p]} for p in params], lr=5e-6, weight_decay=0.0, foreach=False)
+    else:
+        fused = args.optimizer == "fused" and device.type == "cuda"
+        optimizer = torch.optim.AdamW(params, lr=5e-6, weight_decay=0.0, fused=fused, foreach=not fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
+
+    def autocast():
+        if args.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(args.batch, frames, 4, latent, latent, generator=generator).to(device)
+    text = torch.randn(args.batch, 20, text_dim, generator=generator).to(device)
+    time_ids = micro_conditioning(args.batch, 7, 127, 0.0, device, torch.float32)
+
+    def step() -> None:
+        with autocast():
+            loss = video_diffusion_loss(unet, latents, text, time_ids, 0.18215, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = time_fn(step, device, args.warmup, args.iters)
+    emit({
+        "benchmark": "stage1_train_step",
+        "settings": {**vars(args), "latent": [frames, 4, latent, latent], "text_tokens": [20, text_dim]},
+        "unet_parameters": count_parameters(unet),
+        "environment": environment(),
+        "step": timing,
+        "samples_per_s": args.batch / (timing["median_ms"] / 1000),
+        "peak_memory_gib": peak_memory_gib(device),
+    })
+
+
+if __name__ == "__main__":
+    main()
