@@ -1,0 +1,225 @@
+"""CALVIN long-horizon evaluation of a VPP stage-2 checkpoint.
+
+    python policy_evaluation/calvin_evaluate.py --video_model_path V --action_model_folder A --clip_model_path C \\
+        --calvin_abc_dir D [--num_sequences 1000] [--ep_len 360] [--shard i/n] [--num_workers N] [--output_dir O] \\
+        [--num_videos 10] [--device cuda] [--env calvin|sim] [--wandb]
+    python policy_evaluation/calvin_evaluate.py merge SHARD_DIR [SHARD_DIR ...] --output DIR
+
+--action_model_folder is a stage-2 checkpoint folder (config.yaml + model.safetensors) or a training run folder,
+whose `last` file names the checkpoint to evaluate. Results go to --output_dir (default
+<action_model_folder>/eval_<env>_<checkpoint>[_shard<i>of<n>]): results.jsonl (one line per finished sequence;
+a rerun resumes), results.json ({checkpoint: {avg_seq_len, chain_sr, task_info}}) and videos/.
+Defaults come from policy_conf/calvin_evaluate.yaml (--config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo's packages importable (also in spawned workers)
+    sys.path.insert(0, str(REPO_ROOT))
+
+DEFAULT_CONFIG = REPO_ROOT / "policy_conf" / "calvin_evaluate.yaml"
+
+logger = logging.getLogger("calvin_evaluate")
+
+
+def _repo_path(p: str | Path) -> Path:
+    p = Path(p).expanduser()
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--video_model_path", help="stage-1 video model folder (default: the checkpoint config's)")
+    ap.add_argument("--action_model_folder", required=True, help="stage-2 checkpoint folder or run folder")
+    ap.add_argument("--clip_model_path", help="CLIP folder (default: the checkpoint config's)")
+    ap.add_argument("--calvin_abc_dir", help="CALVIN dataset root (task_ABC_D); its validation/ folder is used")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="evaluation defaults (yaml)")
+    ap.add_argument("--num_sequences", type=int)
+    ap.add_argument("--ep_len", type=int)
+    ap.add_argument("--shard", default="0/1", help="i/n: evaluate the i-th of n contiguous slices")
+    ap.add_argument("--num_workers", type=int, help="env processes, each with its own env and policy")
+    ap.add_argument("--output_dir")
+    ap.add_argument("--num_videos", type=int)
+    ap.add_argument("--device", help="cpu, cuda, cuda:1 or a comma list (cuda:0,cuda:1) spread over the workers")
+    ap.add_argument("--env", choices=["calvin", "sim"])
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--use_ema", action="store_true", default=None)
+    egl = ap.add_mutually_exclusive_group()
+    egl.add_argument("--egl", dest="use_egl", action="store_true", default=None, help="force EGL rendering")
+    egl.add_argument("--no_egl", dest="use_egl", action="store_false", help="pybullet's CPU TinyRenderer")
+    ap.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless WANDB_MODE says)")
+    ap.add_argument("--no_progress", action="store_true")
+    return ap
+
+
+def build_merge_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="calvin_evaluate.py merge", description="merge evaluation shard folders")
+    ap.add_argument("shard_dirs", nargs="+")
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--allow_incomplete", action="store_true", help="merge even if sequences are missing")
+    return ap
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = _repo_path(path)
+    if not path.is_file():
+        raise SystemExit(f"evaluation config not found: {path}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def resolve_devices(device: str | None, num_workers: int) -> tuple[str, ...]:
+    if device:
+        return tuple(d.strip() for d in device.split(",") if d.strip())
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            return tuple(f"cuda:{k}" for k in range(n)) if num_workers > 1 and n > 1 else ("cuda",)
+    except ImportError:
+        pass
+    return ("cpu",)
+
+
+def default_output_dir(action_model_folder: str | Path, env: str, checkpoint_name: str, shard: tuple[int, int]) -> Path:
+    base = Path(action_model_folder).expanduser()
+    name = f"eval_{env}_{checkpoint_name}"
+    if shard[1] > 1:
+        name += f"_shard{shard[0]}of{shard[1]}"
+    return base / name
+
+
+def _init_wandb(cfg: dict[str, Any], output_dir: Path, run_config: dict[str, Any]) -> Any:
+    try:
+        import wandb
+    except ImportError:
+        logger.warning("--wandb given but wandb is not installed; continuing without it")
+        return None
+    mode = os.environ.get("WANDB_MODE") or (cfg.get("wandb") or {}).get("mode", "offline")
+    try:
+        return wandb.init(
+            project=(cfg.get("wandb") or {}).get("project", "vpp-calvin-eval"),
+            mode=mode,
+            dir=str(output_dir),
+            config=run_config,
+            job_type="eval",
+        )
+    except Exception as exc:  # never let logging kill an evaluation
+        logger.warning("wandb.init failed (%s); continuing without it", exc)
+        return None
+
+
+def main_evaluate(argv: list[str]) -> int:
+    from policy_evaluation.calvin_env_adapter import CalvinSetupError
+    from policy_evaluation.metrics import print_metrics
+    from policy_evaluation.policy_factory import CheckpointNotFoundError, CheckpointPolicyFactory, resolve_checkpoint
+    from policy_evaluation.runner import EvalSettings, EvaluationError, parse_shard, run_evaluation
+    from policy_evaluation.suites import calvin_suite, sim_suite
+
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.config)
+
+    def pick(name: str, default: Any = None) -> Any:
+        value = getattr(args, name, None)
+        return cfg.get(name, default) if value is None else value
+
+    try:
+        env = pick("env", "calvin")
+        shard = parse_shard(args.shard)
+        checkpoint = resolve_checkpoint(args.action_model_folder)
+        annotations = _repo_path(cfg.get("annotations", "policy_conf/annotations/new_playtable_validation.yaml"))
+        if env == "calvin":
+            if not args.calvin_abc_dir:
+                raise EvaluationError("--calvin_abc_dir is required with --env calvin (or use --env sim)")
+            suite = calvin_suite(
+                args.calvin_abc_dir,
+                annotations=annotations,
+                tasks_yaml=_repo_path(cfg.get("tasks", "policy_conf/tasks/new_playtable_tasks.yaml")),
+                use_egl=pick("use_egl"),
+            )
+            suite.env_factory.check()  # fail fast: dataset config and calvin_env import
+        else:
+            suite = sim_suite(seed=int(pick("seed", 0)), annotations=annotations)
+        num_workers = int(pick("num_workers", 1))
+        settings = EvalSettings(
+            num_sequences=int(pick("num_sequences", 1000)),
+            ep_len=int(pick("ep_len", 360)),
+            num_videos=int(pick("num_videos", 0)),
+            seed=int(pick("seed", 0)),
+            shard_index=shard[0],
+            num_shards=shard[1],
+            num_workers=num_workers,
+            devices=resolve_devices(pick("device"), num_workers),
+            video_fps=int(cfg.get("video_fps", 30)),
+            progress=not args.no_progress,
+        )
+        factory = CheckpointPolicyFactory(
+            checkpoint_dir=str(checkpoint),
+            video_model_path=args.video_model_path,
+            clip_model_path=args.clip_model_path,
+            overrides=dict(cfg.get("policy_overrides") or {}),
+            use_ema=bool(pick("use_ema", False)),
+            dtype=cfg.get("dtype"),
+        )
+        output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
+            args.action_model_folder, env, factory.name, shard
+        )
+        print(f"Evaluating {checkpoint} on {env} ({settings.num_sequences} sequences, shard {args.shard}) -> "
+              f"{output_dir}")
+        wandb_run = None
+        if args.wandb or (cfg.get("wandb") or {}).get("enabled", False):
+            suite.sequences(settings.num_sequences)  # cached; generated before wandb starts its threads
+            wandb_run = _init_wandb(cfg, output_dir, {"checkpoint": str(checkpoint), "env": env, **vars(args)})
+        try:
+            metrics = run_evaluation(suite, factory, settings, output_dir, wandb_run=wandb_run)
+            if wandb_run is not None:
+                wandb_run.log({"final/avg_seq_len": metrics["avg_seq_len"],
+                               **{f"final/chain_sr_{k}": v for k, v in metrics["chain_sr"].items()}})
+        finally:
+            if wandb_run is not None:
+                wandb_run.finish()
+    except (CalvinSetupError, CheckpointNotFoundError, EvaluationError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    title = f"Results for {factory.name}"
+    if shard[1] > 1:
+        title += f" (shard {shard[0]}/{shard[1]}; merge the shards for the full numbers)"
+    print_metrics(metrics, title + ":")
+    print(f"Saved {output_dir / 'results.json'}")
+    return 0
+
+
+def main_merge(argv: list[str]) -> int:
+    from policy_evaluation.runner import EvaluationError, merge_shards
+
+    args = build_merge_parser().parse_args(argv)
+    try:
+        merge_shards(args.shard_dirs, args.output, allow_incomplete=args.allow_incomplete)
+    except EvaluationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Saved {Path(args.output) / 'results.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] == "merge":
+        return main_merge(argv[1:])
+    return main_evaluate(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

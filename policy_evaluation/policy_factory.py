@@ -1,0 +1,81 @@
+"""Which checkpoint is evaluated, and how evaluation processes load it.
+
+Checkpoint choice (`resolve_checkpoint`), the same rule as policy_models.checkpoints.resolve_checkpoint_dir:
+* a folder with config.yaml is a stage-2 checkpoint folder and is used as it is;
+* otherwise it is a run folder: its `last` file (in the run folder, or in its checkpoints/ sub-folder) names the
+  checkpoint folder (absolute, or relative to the folder holding `last`, or to the run folder);
+* anything else is an error that names the path.
+The results are keyed by the checkpoint folder's name (e.g. "step_0100000").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# CALVIN evaluation sampling settings (vpp_reference §8.1 step 5, §12.1.8): sigma_min 1.0 instead of training's 0.001
+EVAL_POLICY_OVERRIDES: dict[str, Any] = {
+    "model.diffusion.sigma_min": 1.0,
+    "model.diffusion.sigma_max": 80.0,
+    "model.diffusion.num_sampling_steps": 10,
+    "model.diffusion.sampler_type": "ddim",
+    "model.diffusion.noise_scheduler": "exponential",
+    "model.multistep": 10,
+}
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    pass
+
+
+def resolve_checkpoint(path: str | Path, pointer: str = "last") -> Path:
+    """The checkpoint folder to evaluate (see module docstring); raises CheckpointNotFoundError with the reason."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointNotFoundError(f"--action_model_folder {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointNotFoundError(
+            f"--action_model_folder {path} is a file; pass a stage-2 checkpoint folder (with config.yaml and "
+            "model.safetensors) or a training run folder with a 'last' pointer (convert released .pt files first)"
+        )
+    from policy_models.checkpoints import CheckpointError, resolve_checkpoint_dir
+
+    try:
+        return Path(resolve_checkpoint_dir(path, pointer))
+    except CheckpointError as exc:
+        raise CheckpointNotFoundError(str(exc)) from exc
+
+
+@dataclass
+class CheckpointPolicyFactory:
+    """Picklable: each evaluation process calls it once to build the policy on its device."""
+
+    checkpoint_dir: str
+    video_model_path: str | None = None
+    clip_model_path: str | None = None
+    overrides: dict[str, Any] = field(default_factory=lambda: dict(EVAL_POLICY_OVERRIDES))
+    use_ema: bool = False
+    dtype: str | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.checkpoint_dir).name
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What changes the policy's behaviour (recorded in eval_config.json; a resume must match)."""
+        return {"overrides": dict(self.overrides), "use_ema": self.use_ema, "dtype": self.dtype}
+
+    def __call__(self, device: str):
+        from policy_models.checkpoints import load_policy
+
+        return load_policy(
+            self.checkpoint_dir,
+            video_model_path=self.video_model_path,
+            clip_model_path=self.clip_model_path,
+            device=device,
+            dtype=self.dtype,
+            overrides=self.overrides,
+            use_ema=self.use_ema,
+        )

@@ -1,0 +1,110 @@
+"""Clear errors (missing CALVIN, missing merged_config.yaml, missing checkpoint) and the env adapters."""
+
+import sys
+
+import pytest
+
+from policy_evaluation import calvin_env_adapter as cea
+from policy_evaluation import calvin_evaluate
+from policy_evaluation.policy_factory import CheckpointNotFoundError, CheckpointPolicyFactory, resolve_checkpoint
+
+
+def test_missing_merged_config_names_the_path(tmp_path):
+    with pytest.raises(cea.CalvinSetupError) as exc:
+        cea.validation_dir(tmp_path)
+    assert str(tmp_path / "validation" / ".hydra" / "merged_config.yaml") in str(exc.value)
+    with pytest.raises(cea.CalvinSetupError, match="merged_config.yaml"):
+        cea.CalvinEnvFactory(str(tmp_path)).check()
+    (tmp_path / "validation" / ".hydra").mkdir(parents=True)
+    (tmp_path / "validation" / ".hydra" / "merged_config.yaml").write_text("env: {}\n")
+    assert cea.validation_dir(tmp_path) == tmp_path / "validation"
+
+
+def test_missing_calvin_env_explains_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "calvin_env", None)  # makes `import calvin_env` fail even if installed
+    with pytest.raises(cea.CalvinSetupError) as exc:
+        cea.import_calvin_env()
+    msg = str(exc.value)
+    for needle in ("git clone --recursive", "mees/calvin", "pip install -e calvin/calvin_env", "pip install rich",
+                   "1431a46", "turn_off_led", "--env sim"):
+        assert needle in msg, needle
+
+
+def test_checkpoint_resolution(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="does not exist"):
+        resolve_checkpoint(tmp_path / "nope")
+    (tmp_path / "file.pt").write_text("x")
+    with pytest.raises(CheckpointNotFoundError, match="is a file"):
+        resolve_checkpoint(tmp_path / "file.pt")
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointNotFoundError, match="last"):
+        resolve_checkpoint(run)
+    ckpt = run / "checkpoints" / "step_0000100"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.yaml").write_text("model: {}\n")
+    assert resolve_checkpoint(ckpt) == ckpt  # a checkpoint folder is used as it is
+    (run / "last").write_text("checkpoints/step_0000100\n")
+    assert resolve_checkpoint(run).resolve() == ckpt.resolve()  # a run folder: its `last` pointer
+    (run / "last").write_text("checkpoints/step_0000999\n")
+    with pytest.raises(CheckpointNotFoundError, match="step_0000999"):
+        resolve_checkpoint(run)
+
+
+def test_policy_factory_name_and_settings():
+    f = CheckpointPolicyFactory("/x/run/checkpoints/step_0000100")
+    assert f.name == "step_0000100"
+    assert f.settings["overrides"]["model.diffusion.sigma_min"] == 1.0
+    assert f.settings["overrides"]["model.multistep"] == 10
+
+
+def test_cli_errors(tmp_path, capsys):
+    rc = calvin_evaluate.main(["--action_model_folder", str(tmp_path / "missing"), "--calvin_abc_dir", str(tmp_path)])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.yaml").write_text("model: {}\n")
+    rc = calvin_evaluate.main(["--action_model_folder", str(ckpt), "--calvin_abc_dir", str(tmp_path / "calvin")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(tmp_path / "calvin" / "validation" / ".hydra" / "merged_config.yaml") in err
+    rc = calvin_evaluate.main(["--action_model_folder", str(ckpt)])
+    assert rc == 2 and "--calvin_abc_dir is required" in capsys.readouterr().err
+    rc = calvin_evaluate.main(["--action_model_folder", str(ckpt), "--env", "sim", "--shard", "3/2"])
+    assert rc == 2 and "--shard" in capsys.readouterr().err
+
+
+def test_eval_config_defaults():
+    cfg = calvin_evaluate.load_config(calvin_evaluate.DEFAULT_CONFIG)
+    assert cfg["num_sequences"] == 1000 and cfg["ep_len"] == 360
+    o = cfg["policy_overrides"]
+    assert o["model.diffusion.sigma_min"] == 1.0 and o["model.diffusion.sigma_max"] == 80
+    assert o["model.diffusion.num_sampling_steps"] == 10 and o["model.diffusion.noise_scheduler"] == "exponential"
+    assert o["model.diffusion.sampler_type"] == "ddim" and o["model.multistep"] == 10
+    assert calvin_evaluate.resolve_devices("cuda:0, cuda:1", 2) == ("cuda:0", "cuda:1")
+    assert calvin_evaluate.resolve_devices("cpu", 1) == ("cpu",)
+
+
+def test_instructions_are_the_validation_ones():
+    from policy_evaluation.multistep_sequences import CALVIN_TASK_TABLE
+    from policy_evaluation.suites import load_instructions
+
+    instr = load_instructions()
+    assert set(instr) == set(CALVIN_TASK_TABLE.task_names)
+    assert instr["lift_red_block_drawer"] == "Take the red block from the drawer"
+    assert instr["open_drawer"] == "pull the handle to open the drawer"
+
+
+def test_builtin_simulator_through_the_runner(tmp_path):
+    """--env sim end to end with a random policy: real env/oracle of vpp_sim, same protocol and outputs."""
+    pytest.importorskip("pybullet")
+    from policy_evaluation.runner import EvalSettings, read_records, run_evaluation
+    from policy_evaluation.suites import sim_suite
+    from policy_evaluation.testing import RandomPolicyFactory
+
+    suite = sim_suite()
+    metrics = run_evaluation(suite, RandomPolicyFactory(), EvalSettings(num_sequences=2, ep_len=4, progress=False),
+                             tmp_path)
+    recs = read_records(tmp_path / "results.jsonl")
+    assert sorted(recs) == [0, 1]
+    assert all(set(r["tasks"]) <= set(suite.instructions) for r in recs.values())
+    assert 0 <= metrics["avg_seq_len"] <= 5
