@@ -1,0 +1,75 @@
+"""Synchronous policy client (robot side): numpy + msgpack + websockets only."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+from websockets.sync.client import connect
+
+from deploy.wire import packb, unpackb
+
+_CONNECT_KW = {"proxy": None} if "proxy" in inspect.signature(connect).parameters else {}
+
+
+class PolicyServerError(RuntimeError):
+    """The server answered a request with an error; ``field`` names the offending request field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class PolicyClient:
+    """``PolicyClient(host, port, token=None).infer(observation, instruction) -> dict``; ``.metadata`` from the server.
+
+    ``observation`` is ``{"rgb_obs": {camera: uint8 (H, W, 3)}, "state_obs": float (state_dim,)}`` (``state_obs``
+    only when ``metadata["state_dim"] > 0``); the reply holds ``actions`` (chunk_length, action_dim) float32,
+    ``server_timing`` and ``client_timing`` (ms). ``connect_retry_s`` keeps retrying a refused connection that long
+    (handy when the robot starts before the server).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, *,
+                 timeout: float | None = 60.0, open_timeout: float = 10.0, connect_retry_s: float = 0.0,
+                 max_size: int = 64 * 2**20):
+        host_part = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        self.uri = f"ws://{host_part}:{port}"
+        self.token = token
+        self.timeout = timeout
+        deadline = time.monotonic() + connect_retry_s
+        while True:
+            try:
+                self._ws = connect(self.uri, compression=None, max_size=max_size, open_timeout=open_timeout,
+                                   **_CONNECT_KW)
+                break
+            except (ConnectionRefusedError, OSError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+        self.metadata: dict[str, Any] = unpackb(self._ws.recv(timeout=open_timeout), what="metadata")
+
+    def infer(self, observation: dict[str, Any], instruction: str) -> dict[str, Any]:
+        request: dict[str, Any] = {"observation": observation, "instruction": instruction}
+        if self.token is not None:
+            request["token"] = self.token
+        t0 = time.perf_counter()
+        self._ws.send(packb(request))
+        reply = unpackb(self._ws.recv(timeout=self.timeout), what="reply")
+        if not isinstance(reply, dict):
+            raise PolicyServerError("reply", f"expected a map, got {type(reply).__name__}")
+        if "error" in reply:
+            err = reply["error"] if isinstance(reply["error"], dict) else {"message": str(reply["error"])}
+            raise PolicyServerError(str(err.get("field", "request")), str(err.get("message", "")))
+        reply["client_timing"] = {"roundtrip_ms": (time.perf_counter() - t0) * 1e3}
+        return reply
+
+    def close(self) -> None:
+        self._ws.close()
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,76 @@
+"""Deploy paths against a real (tiny, random) VPPPolicy saved as a stage-2 checkpoint with stats.json."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from deploy import PolicyClient
+from deploy.server import PolicyServer, load_server_policy
+from policy_models.normalization import Stats
+
+POLICY_CONF = Path(__file__).resolve().parents[2] / "policy_conf" / "model"
+CAMS = ["cam_high", "cam_left", "cam_right"]
+
+
+@pytest.fixture(scope="module")
+def xbot_checkpoint(tiny_model_dirs, tmp_path_factory):
+    from policy_models.checkpoints import save_policy_checkpoint
+    from policy_models.policy import build_policy
+
+    svd, clip = tiny_model_dirs
+    cfg = OmegaConf.load(POLICY_CONF / "tiny.yaml")
+    cfg.embodiment.update({"name": "xbot", "cameras": CAMS, "action_dim": 38, "chunk_length": 8, "state_dim": 38})
+    cfg.model.multistep = 8
+    torch.manual_seed(0)
+    policy = build_policy(cfg, video_model_path=str(svd), clip_model_path=str(clip)).eval()
+    rng = np.random.default_rng(0)
+    s01 = rng.uniform(-1, 0, 38)
+    stats = Stats(state_01=s01, state_99=s01 + 1.0, action_01=np.full(38, -0.1), action_99=np.full(38, 0.2))
+    run = tmp_path_factory.mktemp("run")
+    ckpt = save_policy_checkpoint(run / "checkpoints" / "step_0000010", policy, cfg, stats=stats.to_dict())
+    (run / "last").write_text(str(ckpt))
+    return run, ckpt, svd, clip, stats
+
+
+def test_xbot_agent_loads_checkpoint_and_runs(xbot_checkpoint):
+    import step3_deploy_real_xbot
+
+    run, ckpt, svd, clip, stats = xbot_checkpoint
+    agent = step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu")  # run folder: `last` pointer
+    np.testing.assert_allclose(agent.stats.action_99, stats.action_99)
+    img = torch.rand(1, 1, 3, 256, 256) * 2 - 1
+    state = np.random.default_rng(1).normal(size=(1, 1, 38))
+    delta = agent.run_3image(img, img, np.full((480, 640, 3), 100, np.uint8), "place the bag", state)
+    assert delta.shape == (1, 8, 38) and np.all(np.isfinite(delta))
+    targets = agent.caculate_absolute_action(delta, state)
+    assert targets.shape == (8, 38)
+    np.testing.assert_allclose(targets - state[0], stats.denormalize_action(delta[0]), atol=1e-6)
+
+
+def test_server_serves_checkpoint_with_stats(xbot_checkpoint):
+    _, ckpt, svd, clip, stats = xbot_checkpoint
+    policy = load_server_policy(str(ckpt), str(svd), str(clip), device="cpu")
+    outputs = []
+    predict = policy.predict_action_chunk
+
+    def recording_predict(obs, instruction):
+        outputs.append((obs, predict(obs, instruction)))
+        return outputs[-1][1]
+
+    policy.predict_action_chunk = recording_predict
+    with PolicyServer(policy, port=0).start_in_thread() as t, PolicyClient(port=t.port) as client:
+        md = client.metadata
+        assert md["cameras"] == CAMS and md["state_dim"] == 38 and md["chunk_length"] == 8
+        assert md["relative_mode"] == "componentwise" and md["model_resolution"] == policy.resolution
+        obs = {"rgb_obs": {c: np.full((120, 160, 3), 50 * i, np.uint8) for i, c in enumerate(CAMS)},
+               "state_obs": np.zeros(38, np.float32)}
+        actions = client.infer(obs, "place the bag")["actions"]
+        assert actions.shape == (8, 38) and actions.dtype == np.float32
+        # the server normalised the state going in and de-normalised the model's chunk coming out
+        sent_obs, raw = outputs[-1]
+        np.testing.assert_allclose(sent_obs["state_obs"].numpy(), stats.normalize_state(np.zeros((1, 38))), atol=1e-6)
+        assert sent_obs["rgb_obs"]["cam_left"].shape == (1, 120, 160, 3)
+        np.testing.assert_allclose(actions, stats.denormalize_action(raw[0].numpy()), atol=1e-6)
