@@ -76,3 +76,12 @@ def test_resolve_dtype():
     assert resolve_dtype("auto", device="cpu") is torch.float32
     with pytest.raises(ValueError):
         resolve_dtype("fp8")
+
+
+def test_atomic_write_uses_normal_file_permissions(tmp_path):
+    import os
+
+    atomic_json_dump({"a": 1}, tmp_path / "p.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o666 & ~umask
