@@ -1,0 +1,50 @@
+"""Language goal: CLIP text `text_embeds` (pooled EOT feature @ text projection) as a (B, 1, 512) goal token.
+
+The original CALVIN policy used an OpenAI-CLIP re-implementation (`LangClip`, 77 tokens, zero padding); the xbot
+policy used HF `CLIPTextModelWithProjection.text_embeds`. Both are the same network and weights (HF's is a conversion of
+OpenAI's ViT-B/32); pooling picks the first EOT token, which under the causal mask is independent of what follows, so
+the padding convention does not matter. The text tower instance is shared with the TVP encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class GoalEncoder(nn.Module):
+    def __init__(self, text_encoder, tokenizer, max_length: int = 77):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        limit = getattr(text_encoder.config, "max_position_embeddings", max_length)
+        self.max_length = min(max_length, limit)
+        self.text_encoder.requires_grad_(False)
+        self.text_encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.text_encoder.eval()
+        return self
+
+    @property
+    def goal_dim(self) -> int:
+        return self.text_encoder.config.projection_dim
+
+    @torch.no_grad()
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        """list of B instructions -> (B, 1, projection_dim) float32."""
+        if isinstance(texts, str):
+            raise TypeError("GoalEncoder expects a list of instructions, not a single string")
+        device = self.text_encoder.device
+        tokens = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        device_type = device.type if device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            out = self.text_encoder(
+                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+            )
+        return out.text_embeds.unsqueeze(1).float()

@@ -1,0 +1,255 @@
+"""The predictive-representation ("TVP") encoder: one partial pass of the frozen text-guided SVD U-Net
+(vpp_reference §6.3).
+
+For each image: VAE `mode()` latent (unscaled; 4-channel inputs are treated as *scaled* latents and divided by the
+scaling factor), repeated over `num_frames`; pure-noise video latents at the first (largest) sigma of the
+`num_inference_steps` Karras schedule (700 for SVD), scaled by the scheduler's `scale_model_input`; micro-conditioning
+[fps 4, motion bucket 127, noise aug 0]; CLIP token features of the instruction (max 20 tokens, duplicated to the
+cross-attention width). The U-Net runs down blocks, mid block and up blocks 0..k only, and the features are the
+outputs of up_blocks[0..k] (earlier ones nearest-upsampled to the last one's size) concatenated on channels in that
+order — or only up_blocks[k] when `use_all_layer` is False. Fresh Gaussian noise is drawn on every call unless a
+generator or a noise tensor is given. Everything runs in the video model's dtype, without autocast and without grad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from video_models.text_conditioning import encode_text
+
+
+def up_block_channels(unet) -> list[int]:
+    """Output channels of each up block: reversed(block_out_channels)."""
+    return list(reversed(list(unet.config.block_out_channels)))
+
+
+def tapped_feature_dim(unet, extract_layer_idx: int, use_all_layer: bool) -> int:
+    chans = up_block_channels(unet)
+    if not 0 <= extract_layer_idx < len(chans):
+        raise ValueError(f"extract_layer_idx {extract_layer_idx} out of range for {len(chans)} up blocks")
+    return sum(chans[: extract_layer_idx + 1]) if use_all_layer else chans[extract_layer_idx]
+
+
+class TVPEncoder(nn.Module):
+    """Frozen video U-Net + VAE (+ the shared CLIP text tower) producing (B, F, C, h, w) predictive features."""
+
+    def __init__(
+        self,
+        unet,
+        vae,
+        scheduler,
+        text_encoder,
+        tokenizer,
+        *,
+        num_frames: int = 16,
+        num_inference_steps: int = 20,
+        extract_layer_idx: int = 1,
+        use_all_layer: bool = True,
+        fps: int = 4,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.0,
+        position_encode: bool = False,
+        text_max_length: int = 20,
+    ):
+        super().__init__()
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        # not sub-modules: stateless math / tokenizer
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.num_frames = num_frames
+        self.num_inference_steps = num_inference_steps
+        self.extract_layer_idx = extract_layer_idx
+        self.use_all_layer = use_all_layer
+        self.fps = fps
+        self.motion_bucket_id = motion_bucket_id
+        self.noise_aug_strength = noise_aug_strength
+        self.position_encode = position_encode
+        self.text_max_length = text_max_length
+        self.feature_dim = tapped_feature_dim(unet, extract_layer_idx, use_all_layer)
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+
+    def train(self, mode: bool = True):
+        # the frozen models always stay in eval mode
+        super().train(mode)
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.eval()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """Input image size: unet.sample_size * vae_scale_factor // 3 (96 * 8 // 3 = 256 for the real model)."""
+        return self.unet.config.sample_size * self.vae_scale_factor // 3
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.vae_scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        hidden = encode_text(
+            list(texts),
+            self.tokenizer,
+            self.text_encoder,
+            cross_attention_dim=self.unet.config.cross_attention_dim,
+            max_length=self.text_max_length,
+            position_encode=self.position_encode,
+        )
+        return hidden.to(self.device, self.dtype)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> unscaled VAE mode latents; (B, 4, h, w) scaled latents -> / scaling_factor."""
+        images = images.to(self.device)
+        if images.shape[1] == self.latent_channels and images.shape[1] != 3:
+            return (images / self.vae.config.scaling_factor).to(self.dtype)
+        if images.shape[1] != 3:
+            raise ValueError(f"expected RGB images (B, 3, H, W) or latents (B, 4, h, w), got {tuple(images.shape)}")
+        return self.vae.encode(images.to(self.dtype)).latent_dist.mode().to(self.dtype)
+
+    def added_time_ids(self, batch_size: int) -> torch.Tensor:
+        ids = torch.tensor([[self.fps, self.motion_bucket_id, self.noise_aug_strength]], dtype=self.dtype)
+        return ids.to(self.device).repeat(batch_size, 1)
+
+    def make_noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        shape = (batch_size, self.num_frames, self.latent_channels, self.latent_size, self.latent_size)
+        gen_device = generator.device if generator is not None else self.device
+        return torch.randn(shape, generator=generator, device=gen_device, dtype=self.dtype).to(self.device)
+
+    def prepare_unet_inputs(
+        self,
+        images: torch.Tensor,
+        texts: Sequence[str],
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The inputs of the single U-Net call: sample (B, F, 2*4, h, w), timestep, text tokens, added time ids."""
+        batch = images.shape[0]
+        if len(texts) != batch:
+            raise ValueError(f"got {batch} images but {len(texts)} instructions")
+        text_tokens = self.encode_text(texts)
+        image_latents = self.encode_images(images)
+        if image_latents.shape[-1] != self.latent_size or image_latents.shape[-2] != self.latent_size:
+            raise ValueError(
+                f"image latents are {tuple(image_latents.shape[-2:])}, the video model expects "
+                f"{self.latent_size}x{self.latent_size} (images of {self.resolution}x{self.resolution})"
+            )
+        image_latents = image_latents.unsqueeze(1).repeat(1, self.num_frames, 1, 1, 1)
+        self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
+        timestep = self.scheduler.timesteps[0]
+        if noise is None:
+            noise = self.make_noise(batch, generator)
+        latents = noise.to(self.device, self.dtype) * self.scheduler.init_noise_sigma
+        latents = self.scheduler.scale_model_input(latents, timestep)
+        return {
+            "sample": torch.cat([latents, image_latents], dim=2),
+            "timestep": timestep,
+            "encoder_hidden_states": text_tokens,
+            "added_time_ids": self.added_time_ids(batch),
+        }
+
+    def partial_unet(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added_time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """UNetSpatioTemporalConditionModel.forward up to up_blocks[extract_layer_idx] -> (B, F, C, h, w)."""
+        unet = self.unet
+        batch_size, num_frames = sample.shape[:2]
+        upsample_factor = 2**unet.num_upsamplers
+        forward_upsample_size = any(s % upsample_factor != 0 for s in sample.shape[-2:])
+
+        timesteps = timestep
+        if not torch.is_tensor(timesteps):
+            timesteps = torch.tensor([timesteps], dtype=torch.float32, device=sample.device)
+        elif timesteps.dim() == 0:
+            timesteps = timesteps[None].to(sample.device)
+        timesteps = timesteps.expand(batch_size)
+        emb = unet.time_embedding(unet.time_proj(timesteps).to(dtype=sample.dtype))
+        time_embeds = unet.add_time_proj(added_time_ids.flatten()).reshape((batch_size, -1)).to(emb.dtype)
+        emb = emb + unet.add_embedding(time_embeds)
+
+        sample = sample.flatten(0, 1)
+        emb = emb.repeat_interleave(num_frames, dim=0)
+        encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_frames, dim=0)
+        sample = unet.conv_in(sample)
+        image_only_indicator = torch.zeros(batch_size, num_frames, dtype=sample.dtype, device=sample.device)
+
+        down_block_res_samples = (sample,)
+        for block in unet.down_blocks:
+            kwargs = {"hidden_states": sample, "temb": emb, "image_only_indicator": image_only_indicator}
+            if getattr(block, "has_cross_attention", False):
+                kwargs["encoder_hidden_states"] = encoder_hidden_states
+            sample, res_samples = block(**kwargs)
+            down_block_res_samples += res_samples
+
+        sample = unet.mid_block(
+            hidden_states=sample,
+            temb=emb,
+            encoder_hidden_states=encoder_hidden_states,
+            image_only_indicator=image_only_indicator,
+        )
+
+        taps: list[torch.Tensor] = []
+        for i, block in enumerate(unet.up_blocks[: self.extract_layer_idx + 1]):
+            is_final_block = i == len(unet.up_blocks) - 1
+            res_samples = down_block_res_samples[-len(block.resnets) :]
+            down_block_res_samples = down_block_res_samples[: -len(block.resnets)]
+            upsample_size = None
+            if not is_final_block and forward_upsample_size:
+                upsample_size = down_block_res_samples[-1].shape[2:]
+            kwargs = {
+                "hidden_states": sample,
+                "temb": emb,
+                "res_hidden_states_tuple": res_samples,
+                "upsample_size": upsample_size,
+                "image_only_indicator": image_only_indicator,
+            }
+            if getattr(block, "has_cross_attention", False):
+                kwargs["encoder_hidden_states"] = encoder_hidden_states
+            sample = block(**kwargs)
+            if self.use_all_layer or i == self.extract_layer_idx:
+                taps.append(sample)
+
+        size = taps[-1].shape[-2:]
+        taps = [t if t.shape[-2:] == size else F.interpolate(t, size=size, mode="nearest") for t in taps]
+        features = torch.cat(taps, dim=1)
+        return features.reshape(batch_size, num_frames, *features.shape[1:])
+
+    @torch.no_grad()
+    def forward(
+        self,
+        images: torch.Tensor,
+        texts: Sequence[str],
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """images (B, 3, H, W) in [-1, 1] at `resolution` (or (B, 4, h, w) scaled latents), one instruction per
+        image -> features (B, num_frames, feature_dim, h', w') in the video dtype."""
+        device_type = self.device.type if self.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            inputs = self.prepare_unet_inputs(images, texts, generator=generator, noise=noise)
+            return self.partial_unet(**inputs)
