@@ -1,0 +1,124 @@
+"""Stage-2 policy at full size (random weights): chunk inference latency and one training step.
+
+    python benchmarks/policy_step.py --mode inference --batch 1
+    python benchmarks/policy_step.py --mode train --batch 32 --precision bf16
+    python benchmarks/policy_step.py --tiny --device cpu --mode inference      # smoke run on a laptop
+
+The full-size model is the CALVIN configuration (policy_conf/model/calvin.yaml: 2 cameras, 10 x 7 actions) on a
+random full-size SVD U-Net/VAE (fp16, as released) and a random CLIP ViT-B/32 text tower. Inference is
+`predict_action_chunk` from 200x200 and 84x84 uint8 camera images (preprocessing included); the training step is
+`compute_loss` + backward + AdamW on the trainable Video Former and DiT, as step2_train_action_calvin.py runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from benchmarks.common import emit, environment, peak_memory_gib, time_fn
+
+
+def build_random_policy(device: torch.device, tiny: bool, video_dtype: torch.dtype):
+    from policy_models.goal_encoder import GoalEncoder
+    from policy_models.policy import VPPPolicy
+    from policy_models.tvp_encoder import TVPEncoder
+    from video_models.builders import build_scheduler, build_video_model
+    from vpp_core.config import load_config
+
+    torch.manual_seed(0)
+    if tiny:
+        vm_cfg = load_config("video_conf/tiny.yaml").model
+        cfg = OmegaConf.load("policy_conf/model/tiny.yaml")
+    else:
+        vm_cfg = {"text_encoder": {"projection_dim": 512}}
+        cfg = OmegaConf.load("policy_conf/model/calvin.yaml")
+    with torch.device(device):
+        vm = build_video_model(vm_cfg)
+    unet, vae = vm.unet.to(video_dtype).eval(), vm.vae.to(video_dtype).eval()
+    tvp = TVPEncoder(unet, vae, build_scheduler(), vm.text_encoder.eval(), vm.tokenizer,
+                     position_encode=bool(cfg.model.feature.position_encode))
+    goal = GoalEncoder(vm.text_encoder, vm.tokenizer)
+    with torch.device(device):
+        policy = VPPPolicy(cfg, tvp_encoder=tvp, goal_encoder=goal)
+    return policy.to(device)
+
+
+def camera_images(policy, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    sizes = {"rgb_static": 200, "rgb_gripper": 84}
+    return {cam: rng.integers(0, 256, (batch, sizes.get(cam, 200), sizes.get(cam, 200), 3), dtype=np.uint8)
+            for cam in policy.embodiment.cameras}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["inference", "train"], default="inference")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16",
+                        help="training autocast dtype (the frozen video model is fp16 in both modes)")
+    parser.add_argument("--video-dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    policy = build_random_policy(device, args.tiny, dtypes[args.video_dtype])
+    rng = np.random.default_rng(0)
+    e = policy.embodiment
+    instruction = "pull the handle to open the drawer"
+
+    if args.mode == "inference":
+        obs = {"rgb_obs": camera_images(policy, args.batch, rng)}
+
+        def run() -> None:
+            out = policy.predict_action_chunk(obs, instruction)
+            assert out.shape == (args.batch, e.chunk_length, e.action_dim)
+    else:
+        policy.train()
+        res = policy.resolution
+        batch = {
+            "rgb_obs": {cam: torch.rand(args.batch, 1, 3, res, res, device=device) * 2 - 1 for cam in e.cameras},
+            "lang_text": [instruction] * args.batch,
+            "actions": torch.rand(args.batch, e.chunk_length, e.action_dim, device=device) * 2 - 1,
+        }
+        fused = device.type == "cuda"
+        optimizer = torch.optim.AdamW(policy.optimizer_param_groups(0.05), lr=1e-4, betas=(0.9, 0.9), fused=fused)
+
+        def autocast():
+            if args.precision == "fp32":
+                return contextlib.nullcontext()
+            return torch.autocast(device.type, dtype=dtypes[args.precision])
+
+        def run() -> None:
+            with autocast():
+                loss, _ = policy.compute_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = time_fn(run, device, args.warmup, args.iters)
+    result = {
+        "benchmark": f"policy_{args.mode}",
+        "settings": vars(args),
+        "trainable_parameters": policy.num_trainable_parameters(),
+        "environment": environment(),
+        "time": timing,
+        "peak_memory_gib": peak_memory_gib(device),
+    }
+    if args.mode == "train":
+        result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
