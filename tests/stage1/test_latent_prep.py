@@ -1,0 +1,197 @@
+"""Latent preparation from videos and from teleop HDF5: shapes, resume, corrupt inputs, and the mixer reading it."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from video_dataset import DatasetMix
+from video_dataset.latent_prep import EncodeOptions, prepare_dataset
+from video_dataset.transforms import letterbox_to_4_3, preprocess_frames, select_frames
+
+from .helpers import moving_square_video, write_video_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tiny_model_dirs):
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    return AutoencoderKLTemporalDecoder.from_pretrained(tiny_model_dirs[0], subfolder="vae").eval()
+
+
+def test_letterbox_and_resize():
+    frames = np.full((2, 30, 80, 3), 200, dtype=np.uint8)
+    boxed = letterbox_to_4_3(frames)
+    assert boxed.shape == (2, 60, 80, 3)
+    assert (boxed[:, :15] == 0).all() and (boxed[:, 15:45] == 200).all() and (boxed[:, 45:] == 0).all()
+    tall = letterbox_to_4_3(np.ones((1, 90, 60, 3), dtype=np.uint8))
+    assert tall.shape == (1, 90, 120, 3)
+    x = preprocess_frames(moving_square_video(3, 48, 80), 64)
+    assert x.shape == (3, 3, 64, 64) and x.dtype == torch.float32 and -1 <= float(x.min()) and float(x.max()) <= 1
+    assert select_frames(10, 4, start=5, skip=2).tolist() == [5, 7, 9, 9]
+    assert select_frames(31, 16, whole_clip=True)[[0, -1]].tolist() == [0, 30]
+
+
+def test_prepare_latents_resume_and_corrupt_video(tmp_path, tiny_vae):
+    root = write_video_dataset(tmp_path, "robo", {"train": [(9, 48, 64), (6, 60, 80)], "val": [(7, 64, 64)]}, cams=2)
+    corrupt = root / "videos/train/1/1.mp4"
+    corrupt.write_bytes(b"this is not an mp4 file" * 10)
+    options = EncodeOptions(resolution=64, chunk_size=4, seed=1)
+    report = prepare_dataset(root, tiny_vae, options=options, progress=False)
+    assert len(report.encoded) == 2 and len(report.failed) == 1
+    assert report.failed[0][0] == str(corrupt)
+    assert "FAILED" in report.summary() and str(corrupt) in report.summary()
+
+    latent = torch.load(root / "latent_videos/train/0/1.pt", weights_only=True)
+    assert latent.shape == (9, 4, 8, 8) and latent.dtype == torch.float32
+    ann = json.loads((root / "annotation/train/0.json").read_text())
+    assert ann["latent_videos"] == [{"latent_video_path": f"latent_videos/train/0/{c}.pt"} for c in range(2)]
+    assert ann["texts"] == ["push square 0"]  # the rest of the json is kept
+    assert not (root / "latent_videos/train/1/1.pt").exists()
+    assert "latent_videos" not in json.loads((root / "annotation/train/1.json").read_text())
+
+    # the mixer reads what was written (train episode 1 is not encoded yet -> only the val split is complete)
+    val = DatasetMix(
+        root.parent,
+        "robo",
+        None,
+        "val",
+        sequence_length=4,
+        latent_shape=(4, 8, 8),
+        rules={"camera_probs": {"robo": [0.5, 0.5]}},
+    )
+    assert val[0]["latent"].shape == (4, 4, 8, 8)
+
+    # rerun: finished episodes are skipped, the corrupt one is reported again; fixing it completes the data set
+    mtime = (root / "latent_videos/train/0/0.pt").stat().st_mtime_ns
+    again = prepare_dataset(root, tiny_vae, options=options, progress=False)
+    assert len(again.skipped) == 2 and len(again.encoded) == 0 and len(again.failed) == 1
+    assert (root / "latent_videos/train/0/0.pt").stat().st_mtime_ns == mtime
+    from vpp_core.video_io import write_mp4
+
+    write_mp4(corrupt, moving_square_video(6, 60, 80), fps=5)
+    fixed = prepare_dataset(root, tiny_vae, options=options, progress=False)
+    assert len(fixed.encoded) == 1 and len(fixed.skipped) == 2 and not fixed.failed
+    train = DatasetMix(root.parent, "robo", None, "train", sequence_length=4, latent_shape=(4, 8, 8))
+    assert len(train) == 5 + 3
+
+
+def test_latents_are_seeded_and_mode_option(tmp_path, tiny_vae):
+    root = write_video_dataset(tmp_path, "a", {"val": [(5, 40, 40)]})
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    prepare_dataset(root, tiny_vae, out_root=out1, options=EncodeOptions(resolution=64, seed=3), progress=False)
+    prepare_dataset(root, tiny_vae, out_root=out2, options=EncodeOptions(resolution=64, seed=3), progress=False)
+    a = torch.load(out1 / "latent_videos/val/0/0.pt", weights_only=True)
+    b = torch.load(out2 / "latent_videos/val/0/0.pt", weights_only=True)
+    assert torch.equal(a, b)
+    # separate output folder: video paths in the written json still resolve
+    ann = json.loads((out1 / "annotation/val/0.json").read_text())
+    assert (out1 / ann["videos"][0]["video_path"]).resolve() == (root / "videos/val/0/0.mp4").resolve()
+    mode = tmp_path / "mode"
+    prepare_dataset(root, tiny_vae, out_root=mode, options=EncodeOptions(resolution=64, sample=False), progress=False)
+    m = torch.load(mode / "latent_videos/val/0/0.pt", weights_only=True)
+    assert not torch.equal(a, m)
+
+
+def test_prepare_cli_exit_status(tmp_path, tiny_model_dirs):
+    import step1_prepare_latent_data
+
+    root = write_video_dataset(tmp_path, "a", {"val": [(4, 32, 32), (4, 32, 32)]})
+    (root / "videos/val/1/0.mp4").write_bytes(b"\x00" * 100)
+    argv = [
+        "videos",
+        "--dataset_dir",
+        str(root),
+        "--pretrained_model_path",
+        str(tiny_model_dirs[0]),
+        "--resolution",
+        "64",
+        "--no_progress",
+    ]
+    assert step1_prepare_latent_data.main(argv) == 1
+    (root / "annotation/val/1.json").unlink()
+    assert step1_prepare_latent_data.main(argv) == 0
+    with pytest.raises(SystemExit, match="no vae/ subfolder"):
+        step1_prepare_latent_data.main(["videos", "--dataset_dir", str(root), "--pretrained_model_path", str(tmp_path)])
+
+
+def _encoded_rows(frames: np.ndarray) -> np.ndarray:
+    """Encode RGB frames as PNG byte rows, zero-padded to one length (the teleop recorder's layout)."""
+    from PIL import Image
+
+    blobs = []
+    for f in frames:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="PNG")
+        blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+    width = max(len(b) for b in blobs)
+    return np.stack([np.pad(b, (0, width - len(b))) for b in blobs])
+
+
+def _write_h5(path, frames: np.ndarray, compress: bool, text: bytes = b"fold the towel"):
+    import h5py
+
+    t = len(frames)
+    with h5py.File(path, "w") as f:
+        f.attrs["compress"] = compress
+        obs = f.create_group("observations")
+        obs["arm_end_pose"] = np.arange(t * 14, dtype=np.float64).reshape(t, 14)
+        obs["hand_qpos"] = np.arange(t * 24, dtype=np.float64).reshape(t, 24) + 1000
+        images = obs.create_group("images")
+        for cam in ("cam_high", "cam_left"):
+            images[cam] = _encoded_rows(frames) if compress else frames
+        f["action"] = np.arange(t * 38, dtype=np.float64).reshape(t, 38)
+        f["text"] = np.array([text])
+
+
+def test_hdf5_import(tmp_path, tiny_vae):
+    from video_dataset.hdf5_import import Hdf5ImportOptions, import_hdf5, parse_state_spec
+
+    raw = tmp_path / "raw" / "day1"
+    raw.mkdir(parents=True)
+    frames = np.zeros((10, 24, 32, 3), dtype=np.uint8)
+    frames[..., 0] = 250  # pure red in RGB
+    _write_h5(raw / "a.hdf5", frames, compress=True)
+    _write_h5(raw / "b.hdf5", frames, compress=False)
+    (raw / "c.hdf5").write_bytes(b"broken")
+    out = tmp_path / "out"
+    options = Hdf5ImportOptions(cameras=("cam_high", "cam_left"), val_every=3, val_offset=1, resolution=64)
+    report = import_hdf5(tmp_path / "raw", out, tiny_vae, options, progress=False)
+    assert len(report.encoded) == 2 and len(report.failed) == 1 and report.failed[0][0].endswith("c.hdf5")
+
+    # file 0 -> train/0, file 1 -> val/5 (val if index % 3 == 1; id = 5 * index)
+    a = json.loads((out / "annotation/train/0.json").read_text())
+    b = json.loads((out / "annotation/val/5.json").read_text())
+    assert a["texts"] == ["fold the towel"] and a["video_length"] == 2  # frames 0 and 5
+    assert np.asarray(a["states"]).shape == (2, 38) and np.asarray(a["actions"]).shape == (2, 38)
+    state0 = np.asarray(a["states"][0])
+    assert state0[:7].tolist() == list(range(7)) and state0[7:19].tolist() == list(range(1000, 1012))
+    assert state0[19:26].tolist() == list(range(7, 14)) and state0[26:].tolist() == list(range(1012, 1024))
+    assert np.asarray(a["actions"])[1, 0] == 5 * 38
+    assert torch.load(out / a["latent_videos"][1]["latent_video_path"], weights_only=True).shape == (2, 4, 8, 8)
+
+    from vpp_core.video_io import read_video
+
+    # compressed frames keep the original's OpenCV (BGR) order -> red becomes blue; raw frames are untouched
+    comp = read_video(out / a["videos"][0]["video_path"]).astype(int)
+    raw_frames = read_video(out / b["videos"][0]["video_path"]).astype(int)
+    centre = (slice(None), slice(28, 36), slice(28, 36))
+    assert comp[centre][..., 2].mean() > 200 and comp[centre][..., 0].mean() < 60
+    assert raw_frames[centre][..., 0].mean() > 200
+    # letterbox (32x24 is 4:3 already -> no bars); text override + bgr_to_rgb; rerun skips finished files
+    out2 = tmp_path / "out2"
+    opts2 = Hdf5ImportOptions(cameras=("cam_high",), text="stack blocks", bgr_to_rgb=True, resolution=64)
+    import_hdf5(tmp_path / "raw", out2, None, opts2, progress=False)
+    c = json.loads((out2 / "annotation/train/0.json").read_text())
+    assert c["texts"] == ["stack blocks"] and "latent_videos" not in c
+    assert read_video(out2 / c["videos"][0]["video_path"]).astype(int)[centre][..., 0].mean() > 200
+    again = import_hdf5(tmp_path / "raw", out2, None, opts2, progress=False)
+    assert len(again.skipped) == 2 and len(again.failed) == 1
+
+    assert parse_state_spec("a[:7], b[12:],c") == [("a", slice(None, 7)), ("b", slice(12, None)), ("c", slice(None))]
+    with pytest.raises(ValueError, match="cannot parse state spec"):
+        parse_state_spec("a[1:2:3]")

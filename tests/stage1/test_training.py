@@ -1,0 +1,262 @@
+"""Stage-1 trainer end to end on the tiny model: config forms, overfitting, checkpoints, exact resume, prediction."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from video_models.training import EpochSampler, Stage1Trainer, resolve_train_config, train
+from vpp_core.config import ConfigError, load_config
+
+from .helpers import write_latent_dataset, write_video_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "video_conf" / "tiny.yaml"
+
+
+def tiny_overrides(svd: Path, clip: Path, data: Path, out: Path, **extra) -> list[str]:
+    values = {
+        "pretrained_model_path": svd,
+        "train_args.clip_model_path": clip,
+        "train_args.dataset_dir": data,
+        "train_args.dataset": "robo",
+        "train_args.prob": "[1.0]",
+        "train_args.sequence_length": 4,
+        "train_args.num_frames": 4,
+        "train_args.width": 64,
+        "train_args.height": 64,
+        "train_args.validation_num": 2,
+        "train_args.first_validation_step": "null",
+        "train_args.video_num": 1,
+        "train_args.samples_per_grid": 2,
+        "train_args.num_inference_steps": 2,
+        "train_args.decode_chunk_size": 4,
+        "train_args.log_every": 1,
+        "train_batch_size": 2,
+        "max_train_steps": 3,
+        "checkpointing_steps": 2,
+        "keep_training_states": 2,
+        "validation_steps": 3,
+        "mixed_precision": "no",
+        "learning_rate": 1e-4,
+        "output_dir": out,
+        "report_to": "none",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("stage1_data")
+    write_latent_dataset(root, "robo", {"train": 2, "val": 1}, frames=[8, 6])
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_a(tiny_model_dirs, data_root, tmp_path_factory):
+    """Three steps from scratch with checkpoints at 2 and 3, validation and samples at 3."""
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, out))
+    result = train(cfg)
+    final = result.checkpoints[-1]
+    weights = load_file(final / "unet" / "diffusion_pytorch_model.safetensors")
+    return cfg, result, weights
+
+
+def test_config_forms_and_validation(caplog):
+    paths = ["--pretrained_model_path", "svd", "train_args.clip_model_path=clip", "--train_args.dataset_dir", "d"]
+    cfg = resolve_train_config(load_config(REPO / "video_conf/train_calvin_svd.yaml", paths))
+    assert cfg.pretrained_model_path == "svd" and cfg.train_args.dataset_dir == "d"
+    assert cfg.learning_rate == 5e-6 and cfg.adam_weight_decay == 0 and cfg.max_grad_norm == 1.0
+    assert cfg.train_args.fps == 7 and cfg.train_args.text_drop_prob == 0.05 and cfg.train_args.position_encode is False
+    xbot = resolve_train_config(load_config(REPO / "video_conf/train_svd.yaml", paths))
+    assert xbot.train_args.position_encode is True and abs(sum(xbot.train_args.prob) - 1) < 1e-9
+    assert len(xbot.train_args.prob) == len(xbot.train_args.dataset.split("+")) == 12
+    with pytest.raises(ConfigError, match=r"missing required settings \['pretrained_model_path'"):
+        resolve_train_config(load_config(REPO / "video_conf/train_calvin_svd.yaml"))
+    with pytest.raises(ConfigError, match=r"unknown stage-1 config keys: \['learning_rat'\]"):
+        resolve_train_config(load_config(None, [*paths, "learning_rat=1"]))
+    with pytest.raises(ConfigError, match=r"train_args.datset"):
+        resolve_train_config(load_config(None, [*paths, "train_args.datset=x"]))
+    with caplog.at_level(logging.WARNING):
+        resolve_train_config(load_config(None, [*paths, "use_8bit_adam=false", "train_args.tie_weight=true"]))
+    assert "use_8bit_adam" in caplog.text and "train_args.tie_weight" in caplog.text
+
+
+def test_epoch_sampler_shards_and_resumes():
+    shards = [list(EpochSampler(10, seed=1, rank=r, world=3)) for r in range(3)]
+    assert {i for s in shards for i in s} == set(range(10)) and all(len(s) == 4 for s in shards)  # 2 padded repeats
+    s = EpochSampler(10, seed=1)
+    s.set_epoch(2)
+    full = list(s)
+    assert all(20 <= i < 30 for i in full)  # the epoch travels with the index (persistent workers)
+    s.set_epoch(2, skip_items=4)
+    assert list(s) == full[4:] and len(s) == 6
+
+
+def test_loss_goes_down_on_one_batch(tiny_model_dirs, data_root, tmp_path):
+    cfg = load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path, learning_rate=1e-3))
+    trainer = Stage1Trainer(cfg)
+    batch = next(iter(trainer.train_loader))
+    losses = []
+    for _ in range(8):
+        loss = trainer.loss(batch, generator=torch.Generator().manual_seed(0))  # same sigma and noise every step
+        trainer.accelerator.backward(loss)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_training_writes_checkpoints_samples_and_logs(run_a):
+    _, result, _ = run_a
+    assert result.global_step == 3 and len(result.train_losses) == 3
+    assert all(torch.isfinite(torch.tensor(result.train_losses)))
+    assert [p.name for p in result.checkpoints] == ["checkpoint-2", "checkpoint-3"]
+    run = result.run_dir
+    for ckpt in result.checkpoints:
+        for part in (
+            "model_index.json",
+            "unet/config.json",
+            "vae/config.json",
+            "scheduler/scheduler_config.json",
+            "training_state/trainer_state.json",
+            "training_state/optimizer.bin",
+        ):
+            assert (ckpt / part).is_file(), part
+    assert (run / "config.yaml").is_file() and (run / "samples" / "train_steps_3_0.mp4").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records if "train_loss" in r} == {1, 2, 3}
+    assert [r["step"] for r in records if "val_loss" in r] == [3]
+    assert result.val_losses[3] == pytest.approx(next(r["val_loss"] for r in records if "val_loss" in r))
+
+    from vpp_core.video_io import read_video
+
+    grid = read_video(run / "samples" / "train_steps_3_0.mp4")
+    assert grid.shape == (4, 128, 128, 3)  # 4 frames; GT over prediction; 2 samples side by side
+
+
+def test_checkpoint_loads_in_diffusers(run_a):
+    from diffusers import StableVideoDiffusionPipeline
+
+    _, result, weights = run_a
+    pipe = StableVideoDiffusionPipeline.from_pretrained(result.checkpoints[-1])
+    loaded = pipe.unet.state_dict()
+    assert set(loaded) == set(weights) and all(torch.equal(loaded[k], weights[k]) for k in weights)
+
+
+def test_resume_is_exact(run_a, tiny_model_dirs, data_root):
+    cfg, result, final_a = run_a
+    ckpt2 = result.run_dir / "checkpoint-2"
+    saved_opt = torch.load(ckpt2 / "training_state" / "optimizer.bin", weights_only=False)
+    resumed = Stage1Trainer(
+        load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, cfg.output_dir, resume=ckpt2))
+    )
+    assert resumed.global_step == 2 and resumed.run_dir == result.run_dir
+    state = resumed.optimizer.state_dict()
+    assert state["param_groups"][0]["lr"] == saved_opt["param_groups"][0]["lr"]
+    for key, tensors in saved_opt["state"].items():
+        for name, value in tensors.items():
+            assert torch.equal(torch.as_tensor(state["state"][key][name]), torch.as_tensor(value)), (key, name)
+    result_b = resumed.train()
+    assert result_b.global_step == 3 and len(result_b.train_losses) == 1
+    assert result_b.train_losses[0] == pytest.approx(result.train_losses[2], rel=1e-6, abs=1e-7)
+    final_b = load_file(result.run_dir / "checkpoint-3" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+    # resume=latest finds checkpoint-3 and, already at max_train_steps, stops without training
+    latest = Stage1Trainer(
+        load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, cfg.output_dir, resume="latest"))
+    )
+    assert latest.resume_from.name == "checkpoint-3" and latest.train().global_step == 3
+
+
+def test_make_prediction_and_quality_check(run_a, tiny_model_dirs, data_root, tmp_path):
+    import eval_video_prediction
+    import make_prediction
+
+    _, result, _ = run_a
+    model = result.checkpoints[-1]
+    videos = write_video_dataset(tmp_path, "vids", {"val": [(12, 48, 64), (9, 64, 64)]})
+    overrides = [
+        "validation_args.num_frames=4",
+        "validation_args.width=64",
+        "validation_args.height=64",
+        "validation_args.start_idx=1",
+        "validation_args.decode_chunk_size=4",
+    ]
+    argv = [
+        "--config",
+        str(REPO / "video_conf/val_calvin_svd.yaml"),
+        "--video_model_path",
+        str(model),
+        "--clip_model_path",
+        str(tiny_model_dirs[1]),
+        "--val_dataset_dir",
+        str(videos),
+        "--val_idx",
+        "0+1",
+        "--num_inference_steps",
+        "2",
+        "--guidance_scale",
+        "2.0",
+        "--seed",
+        "3",
+        "--output_dir",
+        str(tmp_path / "pred"),
+        "--device",
+        "cpu",
+        *overrides,
+    ]
+    assert make_prediction.main(argv) == 0
+    (out,) = (tmp_path / "pred" / "vids").glob("*.mp4")
+    assert out.name.endswith(f"_{model.parent.name}_{model.name}_1.mp4")
+    from vpp_core.video_io import read_video
+
+    assert read_video(out).shape == (4, 128, 128, 3)
+    assert make_prediction.main([*argv[: -len(overrides)], "--val_idx", "7", *overrides]) == 2  # missing episode
+
+    eval_argv = [
+        "--config",
+        str(REPO / "video_conf/val_calvin_svd.yaml"),
+        "--video_model_path",
+        str(model),
+        "--clip_model_path",
+        str(tiny_model_dirs[1]),
+        "--dataset_dir",
+        str(data_root),
+        "--dataset",
+        "robo",
+        "--num_clips",
+        "2",
+        "--batch_size",
+        "2",
+        "--num_inference_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--device",
+        "cpu",
+        *overrides,
+    ]
+    assert eval_video_prediction.main(eval_argv) == 0
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    robo = report["datasets"]["robo"]
+    assert robo["clips"] == 2 and {"psnr", "ssim", "copy_first_frame_psnr", "motion_ratio"} <= set(robo)
+    assert isinstance(report["ready"], bool) and (tmp_path / "eval" / "robo_grid.mp4").is_file()
+
+
+def test_two_trainers_with_different_precision_in_one_process(tiny_model_dirs, data_root, tmp_path):
+    """accelerate's process-wide state must not stop a second run with another precision (notebooks, test suites)."""
+    first = Stage1Trainer(
+        load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "a", mixed_precision="bf16"))
+    )
+    assert first.accelerator.mixed_precision == "bf16"
+    second = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "b")))
+    assert second.accelerator.mixed_precision == "no"

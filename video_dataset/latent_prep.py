@@ -1,0 +1,211 @@
+"""Encode a video data set in the original layout into SVD-VAE latents (vpp_reference §2.2-2.3).
+
+Input:   {root}/{annotation_name}/{split}/{id}.json  with  "videos": [{"video_path": <relative to root>}, ...]
+Output:  {out}/latent_videos/{split}/{id}/{cam}.pt    float32 (T, 4, R/8, R/8), scaled by the VAE scaling factor
+         {out}/{annotation_name}/{split}/{id}.json    the input json plus "latent_videos" (and "video_length" when it
+                                                      had neither "state" nor "video_length")
+
+Frames of any size and fps are resized to R x R (bilinear, antialiased; optional black letterbox to 4:3 first),
+encoded `chunk_size` frames at a time with `latent_dist.sample()` (the released latents' convention; `sample=False`
+takes the mode) and multiplied by the scaling factor. Latents are written atomically and the json last, so an
+episode whose json lists latent files that exist is finished: a rerun skips it. Unreadable videos and broken jsons
+are reported by path and skipped; the run carries on and prints a summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from video_dataset.annotations import (
+    DatasetError,
+    list_annotation_files,
+    parse_annotation,
+    read_annotation_json,
+    resolve_latent_path,
+)
+from video_dataset.transforms import preprocess_frames
+from vpp_core.io import atomic_json_dump, atomic_torch_save
+from vpp_core.video_io import VideoReadError, read_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeOptions:
+    resolution: int = 256
+    letterbox: bool = False
+    antialias: bool = True
+    sample: bool = True  # latent_dist.sample() (released latents) or .mode()
+    chunk_size: int = 64
+    seed: int = 0
+    latent_folder: str = "latent_videos"
+
+
+@dataclass
+class PrepareReport:
+    encoded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"encoded {len(self.encoded)} episode(s), skipped {len(self.skipped)} already finished, "
+            f"failed {len(self.failed)}"
+        ]
+        for path, reason in self.failed:
+            lines.append(f"  FAILED {path}: {reason}")
+        for w in self.warnings:
+            lines.append(f"  warning: {w}")
+        return "\n".join(lines)
+
+
+def episode_generator(seed: int, key: str) -> torch.Generator:
+    """A generator per (seed, episode, camera): posterior samples do not depend on processing order or resumption."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
+
+
+def encode_video_frames(vae, frames: np.ndarray, options: EncodeOptions, key: str) -> torch.Tensor:
+    """uint8 RGB frames (T, H, W, 3) -> scaled latents (T, 4, R/8, R/8) float32 (CPU)."""
+    from video_models.pipeline import encode_frames
+
+    pixels = preprocess_frames(frames, options.resolution, letterbox=options.letterbox, antialias=options.antialias)
+    return encode_frames(
+        vae,
+        pixels,
+        sample=options.sample,
+        chunk_size=options.chunk_size,
+        generator=episode_generator(options.seed, key),
+    )
+
+
+def discover_splits(root: Path, annotation_name: str) -> list[str]:
+    folder = root / annotation_name
+    if not folder.is_dir():
+        raise DatasetError(
+            f"annotation folder not found: {folder} (expected {{root}}/{annotation_name}/{{split}}/*.json)"
+        )
+    splits = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not splits:
+        raise DatasetError(f"{folder} has no split folders (expected e.g. train/ and val/)")
+    return splits
+
+
+def _is_finished(ann: dict, out_root: Path, n_videos: int) -> bool:
+    """Every listed latent exists (with the loader's latent_videos -> latent_videos_svd fallback)."""
+    entries = ann.get("latent_videos")
+    if not isinstance(entries, list) or len(entries) != n_videos:
+        return False
+    try:
+        for e in entries:
+            resolve_latent_path(out_root, e["latent_video_path"])
+    except (TypeError, KeyError, DatasetError):
+        return False
+    return True
+
+
+def prepare_episode(
+    json_path: Path,
+    root: Path,
+    out_root: Path,
+    split: str,
+    annotation_name: str,
+    vae,
+    options: EncodeOptions,
+    report: PrepareReport,
+    overwrite: bool = False,
+) -> None:
+    episode = json_path.stem
+    out_json = out_root / annotation_name / split / json_path.name
+    try:
+        ann = read_annotation_json(json_path)
+        parse_annotation(ann, json_path, root, require_latents=False)  # texts and frame-count checks
+    except DatasetError as exc:
+        report.failed.append((str(json_path), str(exc)))
+        return
+    videos = [v["video_path"] for v in ann.get("videos") or []]
+    if not videos:
+        report.failed.append((str(json_path), "annotation lists no 'videos'"))
+        return
+    if not overwrite and out_json.is_file():
+        try:
+            if _is_finished(read_annotation_json(out_json), out_root, len(videos)):
+                report.skipped.append(str(json_path))
+                return
+        except DatasetError:
+            pass  # a broken output json is simply redone
+
+    latent_entries, lengths = [], []
+    for cam, rel in enumerate(videos):
+        video_path = Path(rel) if Path(rel).is_absolute() else root / rel
+        rel_latent = f"{options.latent_folder}/{split}/{episode}/{cam}.pt"
+        try:
+            frames = read_video(video_path)
+        except VideoReadError as exc:
+            report.failed.append((str(exc.path), exc.reason))
+            return
+        latent = encode_video_frames(vae, frames, options, f"{split}/{episode}/{cam}")
+        atomic_torch_save(latent.contiguous(), out_root / rel_latent)
+        latent_entries.append({"latent_video_path": rel_latent})
+        lengths.append(int(latent.shape[0]))
+
+    if len(set(lengths)) > 1:
+        report.warnings.append(f"{json_path}: cameras have different frame counts {lengths}")
+    declared = len(ann["state"]) if "state" in ann else ann.get("video_length")
+    if declared is None:
+        ann["video_length"] = min(lengths)
+    elif declared > min(lengths):
+        report.warnings.append(
+            f"{json_path}: annotation declares {declared} frames but the video has {min(lengths)}; "
+            "the training loader will reject clips past the end"
+        )
+    ann["latent_videos"] = latent_entries
+    if out_root.resolve() != root.resolve():  # keep video paths valid relative to the output folder
+        ann["videos"] = [
+            {**v, "video_path": os.path.relpath(root / v["video_path"], out_root)}
+            if not Path(v["video_path"]).is_absolute()
+            else v
+            for v in ann["videos"]
+        ]
+    atomic_json_dump(ann, out_json)
+    report.encoded.append(str(json_path))
+
+
+def prepare_dataset(
+    root: str | Path,
+    vae,
+    *,
+    out_root: str | Path | None = None,
+    splits: Sequence[str] | None = None,
+    annotation_name: str = "annotation",
+    options: EncodeOptions | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PrepareReport:
+    """Encode every episode of every split of one data set folder. Never raises for a bad episode."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data set folder not found: {root}")
+    out_root = Path(out_root) if out_root is not None else root
+    options = options or EncodeOptions()
+    if options.resolution % 8:
+        raise ValueError(f"resolution must be a multiple of 8, got {options.resolution}")
+    splits = list(splits) if splits else discover_splits(root, annotation_name)
+    jobs: list[tuple[Path, str]] = []
+    for split in splits:
+        jobs.extend((p, split) for p in list_annotation_files(root / annotation_name / split))
+    report = PrepareReport()
+    bar = tqdm(jobs, desc=f"encoding {root.name}", unit="episode", disable=not progress)
+    for json_path, split in bar:
+        prepare_episode(json_path, root, out_root, split, annotation_name, vae, options, report, overwrite)
+        bar.set_postfix(done=len(report.encoded), skipped=len(report.skipped), failed=len(report.failed))
+    return report
