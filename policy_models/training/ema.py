@@ -1,0 +1,61 @@
+"""Exponential moving average of the trainable policy weights (vpp_reference §6.11: decay 0.9999 after every step,
+initialised as a copy). Unlike the original, the average is saved (``ema.safetensors``) and restored on resume; it
+covers only the trainable tensors (never a second copy of the frozen video model)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+
+
+class EMA:
+    def __init__(self, named_params: Iterable[tuple[str, nn.Parameter]], decay: float = 0.9999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema.decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.names: list[str] = []
+        self.shadow: list[torch.Tensor] = []
+        for name, p in named_params:
+            self.names.append(name)
+            self.shadow.append(p.detach().to(torch.float32, copy=True))
+
+    @torch.no_grad()
+    def update(self, named_params: Iterable[tuple[str, nn.Parameter]]) -> None:
+        params = [p.detach() for _, p in named_params]
+        if len(params) != len(self.shadow):
+            raise ValueError(f"EMA tracks {len(self.shadow)} tensors, got {len(params)}")
+        params = [p if p.dtype == torch.float32 else p.float() for p in params]
+        torch._foreach_lerp_(self.shadow, params, 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.shadow))
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "EMA state") -> None:
+        missing = [n for n in self.names if n not in state]
+        unexpected = [n for n in state if n not in set(self.names)]
+        if missing or unexpected:
+            raise KeyError(f"{source}: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
+                           f"({len(unexpected)})")
+        for i, n in enumerate(self.names):
+            src = state[n]
+            if src.shape != self.shadow[i].shape:
+                raise ValueError(f"{source}: {n} has shape {tuple(src.shape)}, expected {tuple(self.shadow[i].shape)}")
+            self.shadow[i].copy_(src.to(self.shadow[i].device, torch.float32))
+
+    @contextlib.contextmanager
+    def swapped_into(self, named_params: Iterable[tuple[str, nn.Parameter]]) -> Iterator[None]:
+        """Temporarily load the averaged weights into the model (e.g. to validate them)."""
+        params = [p for _, p in named_params]
+        backup = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, s in zip(params, self.shadow):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(params, backup):
+                    p.copy_(b)

@@ -1,0 +1,143 @@
+"""The trainer with a small stand-in policy: learning, exact resume, EMA, validation, checkpoints, pointers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from train_helpers import fake_policy_factory, tiny_calvin_cfg
+
+from policy_models.datasets.base import RobotDataset
+from policy_models.training.trainer import default_dataset_factory, train, unpack_loss
+
+
+class _Sub(RobotDataset):
+    """The first n samples of a dataset (to overfit)."""
+
+    def __init__(self, ds, n):
+        self.samples = [ds[i] for i in range(n)]
+        self.n = n
+        self.cameras, self.action_seq_len, self.action_dim = ds.cameras, ds.action_seq_len, ds.action_dim
+        self.source = ds.source
+
+    def __len__(self):
+        return self.n
+
+    def load_sample(self, i):
+        return {k: v for k, v in self.samples[i].items() if k != "idx"}
+
+
+def test_loss_falls_on_overfit_batch(calvin_root, tmp_path):
+    cfg = tiny_calvin_cfg(calvin_root, tmp_path / "run", "dataloader.batch_size=4", "training.max_steps=60",
+                          "training.max_epochs=null", "optimizer.lr=3e-3", "optimizer.weight_decay=0",
+                          "training.validate=false", "training.checkpoint_every_steps=0",
+                          "training.checkpoint_every_epoch=false", "ema.enabled=false")
+
+    def data(cfg, split, policy):
+        return _Sub(default_dataset_factory(cfg, split, policy), 4)
+
+    res = train(cfg, fake_policy_factory(), data)
+    first, last = sum(res.train_losses[:5]) / 5, sum(res.train_losses[-5:]) / 5
+    assert res.step == 60
+    assert last < 0.3 * first, (first, last)
+
+
+def _final_state(ckpt):
+    return (load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "ema.safetensors")),
+            torch.load(ckpt / "training_state" / "optimizer.pt", weights_only=True))
+
+
+def _assert_same(a, b):
+    for x, y in zip(a[:2], b[:2]):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+    sa, sb = a[2]["state"], b[2]["state"]
+    for k in sa:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa[k][name], sb[k][name])
+
+
+@pytest.mark.parametrize("resume_at", [3, 6])
+def test_resume_is_exact(calvin_root, tmp_path, resume_at):
+    # 66 windows / batch 16 -> 5 batches per epoch: the run crosses an epoch end (validation + checkpoint) at step 5
+    common = ["dataloader.batch_size=16", "training.max_steps=8", "training.checkpoint_every_steps=3",
+              "training.val_max_batches=1", "optimizer.lr=1e-3", "ema.decay=0.9"]
+    full = train(tiny_calvin_cfg(calvin_root, tmp_path / "full", *common), fake_policy_factory())
+    assert full.step == 8 and full.epoch == 1
+    names = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    assert names == ["step_0000003", "step_0000005", "step_0000006", "step_0000008"]
+    resumed = train(tiny_calvin_cfg(calvin_root, tmp_path / "resumed", *common,
+                                    f"run.resume={tmp_path / 'full' / 'checkpoints' / f'step_{resume_at:07d}'}"),
+                    fake_policy_factory())
+    assert resumed.step == 8
+    _assert_same(_final_state(full.last_checkpoint), _final_state(resumed.last_checkpoint))
+    state = json.loads((resumed.last_checkpoint / "training_state" / "trainer_state.json").read_text())
+    assert state["step"] == 8 and state["epoch"] == 1 and state["batch_in_epoch"] == 3
+
+
+def test_checkpoints_ema_validation_and_pointers(calvin_root, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_calvin_cfg(calvin_root, run, "dataloader.batch_size=16", "training.max_epochs=2",
+                          "training.checkpoint_every_steps=4", "training.keep_last_checkpoints=2", "ema.validate=true")
+    res = train(cfg, fake_policy_factory())
+    assert res.step == 10 and res.epoch == 2
+    # validation ran on the single process over the whole validation split: 33 windows x 10 x 7 elements
+    assert [v["epoch"] for v in res.val_history] == [1, 2]
+    for v in res.val_history:
+        assert math.isfinite(v["val_mse"]) and v["val_mse_elements"] == 33 * 10 * 7
+        assert math.isfinite(v["val_mse_ema"])
+    # folders, pointers, pruning (keep 2 newest + best)
+    last = (run / "last").read_text().strip()
+    assert last == "checkpoints/step_0000010"
+    best = (run / "best").read_text().strip()
+    best_epoch = min(res.val_history, key=lambda v: v["val_mse"])
+    assert best == f"checkpoints/step_{best_epoch['step']:07d}"
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept[-1] == "step_0000010" and len(kept) <= 3 and best.split("/")[1] in kept
+    ck = run / last
+    for f in ("config.yaml", "model.safetensors", "ema.safetensors", "training_state/optimizer.pt",
+              "training_state/scheduler.pt", "training_state/rng_state_0.pt", "training_state/trainer_state.json"):
+        assert (ck / f).is_file(), f
+    for f in ("optimizer.pt", "scheduler.pt", "rng_state_0.pt"):
+        torch.load(ck / "training_state" / f, weights_only=True)  # loadable without pickle
+    model, ema = load_file(str(ck / "model.safetensors")), load_file(str(ck / "ema.safetensors"))
+    assert model.keys() == ema.keys()
+    assert torch.equal(model["frozen"], ema["frozen"])  # untrained tensors: EMA == weights
+    assert not torch.equal(model["net.0.weight"], ema["net.0.weight"])  # trained: EMA lags
+    # resolved config in the run folder and in the checkpoint
+    saved = OmegaConf.load(run / "run_config.yaml")
+    assert saved.dataset.root_data_dir == str(calvin_root) and saved.optimizer.lr == 1e-4
+    assert OmegaConf.load(ck / "config.yaml").embodiment.chunk_length == 10
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "lr", "steps_per_s"} <= set(lines[0]) and any("val_mse" in x for x in lines)
+
+
+def test_unpack_loss_variants():
+    t = torch.tensor(1.0)
+    assert unpack_loss((t, {"a": t}))[1] == {"a": t}
+    assert unpack_loss({"loss": t, "b": t})[1] == {"b": t}
+    assert unpack_loss(t)[0] is t
+    with pytest.raises(KeyError):
+        unpack_loss({"x": t})
+
+
+def test_init_from_warm_start(calvin_root, tmp_path):
+    from vpp_core.config import ConfigError
+
+    a = train(tiny_calvin_cfg(calvin_root, tmp_path / "a", "dataloader.batch_size=16", "training.max_steps=2",
+                              "training.validate=false"), fake_policy_factory())
+    b = train(tiny_calvin_cfg(calvin_root, tmp_path / "b", "training.max_steps=0", "training.validate=false",
+                              f"init_from={tmp_path / 'a'}"), fake_policy_factory())
+    assert b.step == 0
+    wa = load_file(str(a.last_checkpoint / "model.safetensors"))
+    wb = load_file(str(b.last_checkpoint / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    (tmp_path / "released.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="convert_vpp_checkpoint"):
+        train(tiny_calvin_cfg(calvin_root, tmp_path / "c", "training.max_steps=0",
+                              f"init_from={tmp_path / 'released.pt'}"), fake_policy_factory())
