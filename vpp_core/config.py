@@ -55,13 +55,18 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> DictC
             raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
         if not isinstance(cfg, DictConfig):
             raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Merge command-line overrides (either spelling) into a loaded config."""
     dotlist = normalize_overrides(list(overrides))
-    if dotlist:
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-        except Exception as exc:
-            raise ConfigError(f"invalid override in {dotlist}: {exc}") from exc
-    return cfg
+    if not dotlist:
+        return cfg
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))  # type: ignore[return-value]
+    except Exception as exc:
+        raise ConfigError(f"invalid override in {dotlist}: {exc}") from exc
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:

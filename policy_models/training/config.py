@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vpp_core.config import ConfigError, load_config, normalize_overrides
+from vpp_core.config import ConfigError, apply_overrides, load_config
 
 POLICY_CONF_DIR = Path(__file__).resolve().parent.parent.parent / "policy_conf"
 
@@ -67,11 +67,4 @@ def compose_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfi
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    cfg = _compose_file(path)
-    dotlist = normalize_overrides(list(overrides))
-    if dotlist:
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-        except Exception as exc:
-            raise ConfigError(f"invalid override in {dotlist}: {exc}") from exc
-    return cfg  # type: ignore[return-value]
+    return apply_overrides(_compose_file(path), overrides)
