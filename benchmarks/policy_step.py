@@ -64,6 +64,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--cuda-graph-sampler", action="store_true",
+                        help="inference: replay the action sampler from a CUDA graph (policy.cuda_graph_sampler)")
+    parser.add_argument("--no-text-cache", action="store_true",
+                        help="inference: re-encode the instruction every call (predict_action_chunk(cache_text=False))")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -71,6 +75,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     policy = build_random_policy(device, args.tiny, dtypes[args.video_dtype])
+    policy.cuda_graph_sampler = args.cuda_graph_sampler
     rng = np.random.default_rng(0)
     e = policy.embodiment
     instruction = "pull the handle to open the drawer"
@@ -79,7 +84,7 @@ def main() -> None:
         obs = {"rgb_obs": camera_images(policy, args.batch, rng)}
 
         def run() -> None:
-            out = policy.predict_action_chunk(obs, instruction)
+            out = policy.predict_action_chunk(obs, instruction, cache_text=not args.no_text_cache)
             assert out.shape == (args.batch, e.chunk_length, e.action_dim)
     else:
         policy.train()

@@ -8,6 +8,7 @@ the padding convention does not matter. The text tower instance is shared with t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,10 @@ class GoalEncoder(nn.Module):
         self.max_length = min(max_length, limit)
         self.text_encoder.requires_grad_(False)
         self.text_encoder.eval()
+        # inference-only LRU cache instruction -> (1, projection_dim) goal row (see forward(cache=True))
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_key: tuple | None = None
+        self.cache_size = 64
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -33,11 +38,38 @@ class GoalEncoder(nn.Module):
     def goal_dim(self) -> int:
         return self.text_encoder.config.projection_dim
 
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._cache_key = None
+
     @torch.no_grad()
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        """list of B instructions -> (B, 1, projection_dim) float32."""
+    def forward(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
+        """list of B instructions -> (B, 1, projection_dim) float32. With `cache` (inference only) each distinct
+        instruction is encoded once and kept in a small LRU cache, invalidated when the text tower changes device or
+        dtype."""
         if isinstance(texts, str):
             raise TypeError("GoalEncoder expects a list of instructions, not a single string")
+        texts = list(texts)
+        if not cache:
+            return self._encode(texts)
+        te = self.text_encoder
+        key = (te.device, te.dtype, id(self.tokenizer), self.max_length)
+        if key != self._cache_key:
+            self._cache.clear()
+            self._cache_key = key
+        store = self._cache
+        missing = list(dict.fromkeys(t for t in texts if t not in store))
+        if missing:
+            for t, row in zip(missing, self._encode(missing)):
+                store[t] = row
+        for t in dict.fromkeys(texts):
+            store.move_to_end(t)
+        rows = [store[t] for t in texts]
+        while len(store) > max(self.cache_size, len(set(texts))):
+            store.popitem(last=False)
+        return torch.stack(rows, dim=0)
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
         device = self.text_encoder.device
         tokens = self.tokenizer(
             list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"

@@ -265,30 +265,34 @@ class VPPPolicy(nn.Module):
         texts: Sequence[str],
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        cache_text: bool = False,
     ) -> torch.Tensor:
         """Predictive features of all cameras: (B, num_time_embeds, n_cams * h * w, feature_dim) float32, tokens
-        ordered [camera 0 (row-major h*w) | camera 1 | ...]. `noise` (n_cams * B, F, 4, h, w) overrides the draw."""
+        ordered [camera 0 (row-major h*w) | camera 1 | ...]. `noise` (n_cams * B, F, 4, h, w) overrides the draw.
+        `cache_text` (inference only) reuses the U-Net text tokens of instructions seen before."""
         self._require_backbone()
         imgs = self._camera_inputs(rgb_obs)
         batch = imgs[0].shape[0]
         if len(texts) != batch:
             raise ValueError(f"got {len(texts)} instructions for a batch of {batch}")
         x = torch.cat(imgs, dim=0)
-        feats = self.tvp_encoder(x, list(texts) * len(imgs), generator=generator, noise=noise)
+        feats = self.tvp_encoder(x, list(texts) * len(imgs), generator=generator, noise=noise, cache_text=cache_text)
         feats = rearrange(feats, "b f c h w -> b f (h w) c")[:, : self.config.model.former.num_time_embeds]
         feats = torch.cat(feats.split(batch, dim=0), dim=2)
         return feats.float()
 
-    def encode_goal(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode_goal(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
         self._require_backbone()
-        return self.goal_encoder(list(texts)).to(self.device)
+        return self.goal_encoder(list(texts), cache=cache).to(self.device)
 
     def encode_observations(
         self, rgb_obs: Mapping[str, Any], texts: Sequence[str], generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None, cache_text: bool = False,
     ) -> torch.Tensor:
         """Visual tokens (B, num_latents, latent_dim) from the Video Former."""
-        return self.Video_Former(self.extract_features(rgb_obs, texts, generator=generator, noise=noise))
+        return self.Video_Former(
+            self.extract_features(rgb_obs, texts, generator=generator, noise=noise, cache_text=cache_text)
+        )
 
     # ------------------------------------------------------------------ training
     def compute_loss(
@@ -353,6 +357,8 @@ class VPPPolicy(nn.Module):
                           generator=generator)
         if reuse_encoder:
             context = self.model.encode(tokens, goal, proprio)
+            if self.cuda_graph_sampler and context.is_cuda and not self.training:
+                return self._graphed_sample(context, x, (d.sampler_type, d.noise_scheduler, n, sigma_min, sigma_max))
 
             def denoise(x_t, sigma):
                 return self.model.denoise(context, x_t, sigma)
@@ -363,6 +369,42 @@ class VPPPolicy(nn.Module):
 
         return get_sampler(d.sampler_type)(denoise, x, sigmas)
 
+    def _graphed_sample(self, context: torch.Tensor, x: torch.Tensor, schedule: tuple) -> torch.Tensor:
+        """The whole sampler loop (decoder steps on a fixed context) replayed from a captured CUDA graph; the graph
+        runs the same kernels on static copies of `context` and `x`. One graph per shape / schedule / weights."""
+        sampler_type, noise_scheduler, n, sigma_min, sigma_max = schedule
+        weight = self.model.inner_model.action_pred.weight
+        key = (tuple(context.shape), context.dtype, tuple(x.shape), x.dtype, context.device, schedule,
+               weight.data_ptr(), weight.dtype, torch.is_autocast_enabled())
+        cache = self._sampler_graphs
+        entry = cache.get(key)
+        if entry is None:
+            static_ctx, static_x = context.clone(), x.clone()
+            sigmas = get_sigmas(noise_scheduler, n, sigma_min, sigma_max, device=context.device)
+            sampler = get_sampler(sampler_type)
+
+            def run():
+                return sampler(lambda x_t, sigma: self.model.denoise(static_ctx, x_t, sigma), static_x, sigmas)
+
+            side = torch.cuda.Stream(device=context.device)
+            side.wait_stream(torch.cuda.current_stream(context.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    run()
+            torch.cuda.current_stream(context.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = run()
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            # every tensor the graph reads (sigmas included) must outlive it: keep them with the graph
+            entry = cache[key] = (graph, static_ctx, static_x, out, sigmas)
+        graph, static_ctx, static_x, out, _ = entry
+        static_ctx.copy_(context)
+        static_x.copy_(x)
+        graph.replay()
+        return out.clone()
+
     @torch.no_grad()
     def predict_action_chunk(
         self,
@@ -370,10 +412,12 @@ class VPPPolicy(nn.Module):
         instruction: str | Sequence[str],
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        cache_text: bool = True,
     ) -> torch.Tensor:
         """obs {"rgb_obs": {cam: uint8 (H, W, 3) / (B, H, W, 3) or float (B, 3, H, W) in [-1, 1]},
         optional "state_obs": (B, state_dim)} -> actions (B, chunk_length, action_dim) float32 (model action space:
-        CALVIN relative actions; normalised actions for robots trained with stats). Runs in eval mode."""
+        CALVIN relative actions; normalised actions for robots trained with stats). Runs in eval mode.
+        `cache_text` reuses the (frozen, string-determined) text features of instructions seen before."""
         self._require_backbone()
         was_training = self.training
         self.eval()
@@ -383,11 +427,26 @@ class VPPPolicy(nn.Module):
             batch = next(iter(rgb_obs.values())).shape[0]
             texts = [instruction] * batch if isinstance(instruction, str) else list(instruction)
             proprio = self._state_input(obs.get("state_obs"), batch)
-            tokens = self.encode_observations(rgb_obs, texts, generator=generator, noise=noise)
-            goal = self.encode_goal(texts)
+            tokens = self.encode_observations(rgb_obs, texts, generator=generator, noise=noise, cache_text=cache_text)
+            goal = self.encode_goal(texts, cache=cache_text)
             return self.sample_actions(tokens, goal, proprio, generator=generator)
         finally:
             self.train(was_training)
+
+    @property
+    def cuda_graph_sampler(self) -> bool:
+        """Opt-in (default off): run the action sampler from a captured CUDA graph on CUDA devices in eval mode
+        (same kernels, no per-step launch overhead). Set `policy.cuda_graph_sampler = True`."""
+        return self.__dict__.get("_cuda_graph_sampler", False)
+
+    @cuda_graph_sampler.setter
+    def cuda_graph_sampler(self, value: bool) -> None:
+        self.__dict__["_cuda_graph_sampler"] = bool(value)
+        self.__dict__["_sampler_graphs"] = {}
+
+    @property
+    def _sampler_graphs(self) -> dict:
+        return self.__dict__.setdefault("_sampler_graphs", {})
 
     def reset(self) -> None:
         self._step_counter = 0

@@ -13,6 +13,7 @@ generator or a noise tensor is given. Everything runs in the video model's dtype
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -72,6 +73,12 @@ class TVPEncoder(nn.Module):
         self.position_encode = position_encode
         self.text_max_length = text_max_length
         self.feature_dim = tapped_feature_dim(unet, extract_layer_idx, use_all_layer)
+        # inference caches (never used with cache_text=False, i.e. in training); see _scheduler_constants/encode_text
+        self._sched_cache: dict = {}
+        self._time_ids_cache: dict = {}
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._text_cache_key: tuple | None = None
+        self.text_cache_size = 64
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
@@ -108,7 +115,7 @@ class TVPEncoder(nn.Module):
     def latent_channels(self) -> int:
         return self.vae.config.latent_channels
 
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+    def _encode_text_uncached(self, texts: Sequence[str]) -> torch.Tensor:
         hidden = encode_text(
             list(texts),
             self.tokenizer,
@@ -118,6 +125,36 @@ class TVPEncoder(nn.Module):
             position_encode=self.position_encode,
         )
         return hidden.to(self.device, self.dtype)
+
+    def clear_text_cache(self) -> None:
+        self._text_cache.clear()
+        self._text_cache_key = None
+
+    def encode_text(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
+        """(B, text_max_length, cross_attention_dim) U-Net text tokens. With `cache` (inference only: the frozen text
+        tower makes them a function of the string) each distinct instruction is encoded once and kept in a small LRU
+        cache, invalidated when the text tower / U-Net change device or dtype."""
+        texts = list(texts)
+        if not cache or torch.is_grad_enabled():
+            return self._encode_text_uncached(texts)
+        te = self.text_encoder
+        key = (te.device, te.dtype, self.device, self.dtype, id(self.tokenizer), self.text_max_length,
+               self.position_encode, self.unet.config.cross_attention_dim)
+        if key != self._text_cache_key:
+            self._text_cache.clear()
+            self._text_cache_key = key
+        store = self._text_cache
+        missing = list(dict.fromkeys(t for t in texts if t not in store))
+        if missing:
+            hidden = self._encode_text_uncached(missing)
+            for t, h in zip(missing, hidden):
+                store[t] = h
+        for t in dict.fromkeys(texts):
+            store.move_to_end(t)
+        rows = [store[t] for t in texts]
+        while len(store) > max(self.text_cache_size, len(set(texts))):
+            store.popitem(last=False)
+        return torch.stack(rows, dim=0)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> unscaled VAE mode latents; (B, 4, h, w) scaled latents -> / scaling_factor."""
@@ -129,8 +166,31 @@ class TVPEncoder(nn.Module):
         return self.vae.encode(images.to(self.dtype)).latent_dist.mode().to(self.dtype)
 
     def added_time_ids(self, batch_size: int) -> torch.Tensor:
-        ids = torch.tensor([[self.fps, self.motion_bucket_id, self.noise_aug_strength]], dtype=self.dtype)
-        return ids.to(self.device).repeat(batch_size, 1)
+        key = (self.device, self.dtype, self.fps, self.motion_bucket_id, self.noise_aug_strength)
+        ids = self._time_ids_cache.get(key)
+        if ids is None:
+            ids = torch.tensor([[self.fps, self.motion_bucket_id, self.noise_aug_strength]], dtype=self.dtype)
+            ids = ids.to(self.device)
+            self._time_ids_cache = {key: ids}
+        return ids.repeat(batch_size, 1)
+
+    def _scheduler_constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(first timestep, init_noise_sigma, scale_model_input divisor) of the `num_inference_steps` schedule,
+        computed once per device with the scheduler's own tensor ops (so the results are bit-identical to calling
+        set_timesteps / scale_model_input every time, without their host-device syncs)."""
+        sched = self.scheduler
+        key = (self.device, self.num_inference_steps, id(sched))
+        consts = self._sched_cache.get(key)
+        if consts is None:
+            sched.set_timesteps(self.num_inference_steps, device=self.device)
+            timestep = sched.timesteps[0]
+            init_sigma = sched.init_noise_sigma
+            sched._init_step_index(timestep)
+            sigma = sched.sigmas[sched.step_index]
+            divisor = (sigma**2 + 1) ** 0.5
+            consts = (timestep, init_sigma, divisor)
+            self._sched_cache = {key: consts}
+        return consts
 
     def make_noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = (batch_size, self.num_frames, self.latent_channels, self.latent_size, self.latent_size)
@@ -143,25 +203,27 @@ class TVPEncoder(nn.Module):
         texts: Sequence[str],
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        cache_text: bool = False,
     ) -> dict[str, torch.Tensor]:
         """The inputs of the single U-Net call: sample (B, F, 2*4, h, w), timestep, text tokens, added time ids."""
         batch = images.shape[0]
         if len(texts) != batch:
             raise ValueError(f"got {batch} images but {len(texts)} instructions")
-        text_tokens = self.encode_text(texts)
+        text_tokens = self.encode_text(texts, cache=cache_text)
         image_latents = self.encode_images(images)
         if image_latents.shape[-1] != self.latent_size or image_latents.shape[-2] != self.latent_size:
             raise ValueError(
                 f"image latents are {tuple(image_latents.shape[-2:])}, the video model expects "
                 f"{self.latent_size}x{self.latent_size} (images of {self.resolution}x{self.resolution})"
             )
-        image_latents = image_latents.unsqueeze(1).repeat(1, self.num_frames, 1, 1, 1)
-        self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
-        timestep = self.scheduler.timesteps[0]
+        # expand, not repeat: torch.cat below materialises it (same values, one copy less)
+        image_latents = image_latents.unsqueeze(1).expand(-1, self.num_frames, -1, -1, -1)
+        timestep, init_sigma, divisor = self._scheduler_constants()
         if noise is None:
             noise = self.make_noise(batch, generator)
-        latents = noise.to(self.device, self.dtype) * self.scheduler.init_noise_sigma
-        latents = self.scheduler.scale_model_input(latents, timestep)
+        # = scheduler.init_noise_sigma / scheduler.scale_model_input (same ops on the same tensors)
+        latents = noise.to(self.device, self.dtype) * init_sigma
+        latents = latents / divisor
         return {
             "sample": torch.cat([latents, image_latents], dim=2),
             "timestep": timestep,
@@ -246,10 +308,12 @@ class TVPEncoder(nn.Module):
         texts: Sequence[str],
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        cache_text: bool = False,
     ) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] at `resolution` (or (B, 4, h, w) scaled latents), one instruction per
-        image -> features (B, num_frames, feature_dim, h', w') in the video dtype."""
+        image -> features (B, num_frames, feature_dim, h', w') in the video dtype. `cache_text` (inference only)
+        reuses the text tokens of instructions seen before."""
         device_type = self.device.type if self.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
-            inputs = self.prepare_unet_inputs(images, texts, generator=generator, noise=noise)
+            inputs = self.prepare_unet_inputs(images, texts, generator=generator, noise=noise, cache_text=cache_text)
             return self.partial_unet(**inputs)
