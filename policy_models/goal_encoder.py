@@ -8,11 +8,12 @@ the padding convention does not matter. The text tower instance is shared with t
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from policy_models.text_cache import TextFeatureCache
 
 
 class GoalEncoder(nn.Module):
@@ -24,10 +25,8 @@ class GoalEncoder(nn.Module):
         self.max_length = min(max_length, limit)
         self.text_encoder.requires_grad_(False)
         self.text_encoder.eval()
-        # inference-only LRU cache instruction -> (1, projection_dim) goal row (see forward(cache=True))
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._cache_key: tuple | None = None
-        self.cache_size = 64
+        # inference-only: instruction -> (1, projection_dim) goal row (see forward(cache=True))
+        self.text_cache = TextFeatureCache()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -39,8 +38,7 @@ class GoalEncoder(nn.Module):
         return self.text_encoder.config.projection_dim
 
     def clear_cache(self) -> None:
-        self._cache.clear()
-        self._cache_key = None
+        self.text_cache.clear()
 
     @torch.no_grad()
     def forward(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
@@ -53,21 +51,7 @@ class GoalEncoder(nn.Module):
         if not cache:
             return self._encode(texts)
         te = self.text_encoder
-        key = (te.device, te.dtype, id(self.tokenizer), self.max_length)
-        if key != self._cache_key:
-            self._cache.clear()
-            self._cache_key = key
-        store = self._cache
-        missing = list(dict.fromkeys(t for t in texts if t not in store))
-        if missing:
-            for t, row in zip(missing, self._encode(missing)):
-                store[t] = row
-        for t in dict.fromkeys(texts):
-            store.move_to_end(t)
-        rows = [store[t] for t in texts]
-        while len(store) > max(self.cache_size, len(set(texts))):
-            store.popitem(last=False)
-        return torch.stack(rows, dim=0)
+        return self.text_cache.lookup(texts, (te.device, te.dtype, id(self.tokenizer), self.max_length), self._encode)
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
         device = self.text_encoder.device

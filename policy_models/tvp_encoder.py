@@ -13,13 +13,13 @@ generator or a noise tensor is given. Everything runs in the video model's dtype
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policy_models.text_cache import TextFeatureCache
 from video_models.text_conditioning import encode_text
 
 
@@ -76,9 +76,7 @@ class TVPEncoder(nn.Module):
         # inference caches (never used with cache_text=False, i.e. in training); see _scheduler_constants/encode_text
         self._sched_cache: dict = {}
         self._time_ids_cache: dict = {}
-        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._text_cache_key: tuple | None = None
-        self.text_cache_size = 64
+        self.text_cache = TextFeatureCache()
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
@@ -127,8 +125,7 @@ class TVPEncoder(nn.Module):
         return hidden.to(self.device, self.dtype)
 
     def clear_text_cache(self) -> None:
-        self._text_cache.clear()
-        self._text_cache_key = None
+        self.text_cache.clear()
 
     def encode_text(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
         """(B, text_max_length, cross_attention_dim) U-Net text tokens. With `cache` (inference only: the frozen text
@@ -140,21 +137,7 @@ class TVPEncoder(nn.Module):
         te = self.text_encoder
         key = (te.device, te.dtype, self.device, self.dtype, id(self.tokenizer), self.text_max_length,
                self.position_encode, self.unet.config.cross_attention_dim)
-        if key != self._text_cache_key:
-            self._text_cache.clear()
-            self._text_cache_key = key
-        store = self._text_cache
-        missing = list(dict.fromkeys(t for t in texts if t not in store))
-        if missing:
-            hidden = self._encode_text_uncached(missing)
-            for t, h in zip(missing, hidden):
-                store[t] = h
-        for t in dict.fromkeys(texts):
-            store.move_to_end(t)
-        rows = [store[t] for t in texts]
-        while len(store) > max(self.text_cache_size, len(set(texts))):
-            store.popitem(last=False)
-        return torch.stack(rows, dim=0)
+        return self.text_cache.lookup(texts, key, self._encode_text_uncached)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> unscaled VAE mode latents; (B, 4, h, w) scaled latents -> / scaling_factor."""

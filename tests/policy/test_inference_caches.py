@@ -71,10 +71,11 @@ def test_goal_cache_matches_plain_and_is_bounded(policy, monkeypatch):
     torch.testing.assert_close(cached, plain, rtol=1e-6, atol=1e-6)
     assert torch.equal(cached, goal(["open the drawer", "lift the block"])[[0, 1, 0]])
     assert torch.equal(cached[0], cached[2]) and cached.shape == plain.shape and cached.dtype == torch.float32
-    goal.cache_size = 2
+    goal.text_cache.size = 2
     goal(["c"], cache=True)
-    assert list(goal._cache) == ["open the drawer", "c"] or list(goal._cache) == ["lift the block", "c"]
-    assert len(goal._cache) == 2
+    kept = list(goal.text_cache.rows)
+    assert kept == ["open the drawer", "c"] or kept == ["lift the block", "c"]
+    assert len(goal.text_cache.rows) == 2
 
 
 def test_caches_invalidate_on_dtype_change(policy):
@@ -87,8 +88,8 @@ def test_caches_invalidate_on_dtype_change(policy):
         with torch.no_grad():
             t = tvp.encode_text(["x"], cache=True)
         g = goal(["x"], cache=True)
-        assert len(tvp._text_cache) == 1 and tvp._text_cache["x"].dtype == tvp.dtype
-        assert goal._cache_key[1] == torch.float64 and g.dtype == torch.float32
+        assert len(tvp.text_cache.rows) == 1 and tvp.text_cache.rows["x"].dtype == tvp.dtype
+        assert goal.text_cache.key[1] == torch.float64 and g.dtype == torch.float32
         assert torch.equal(g, goal(["x"]))  # recomputed with the float64 tower
         torch.testing.assert_close(t, tvp.encode_text(["x"]), rtol=0, atol=0)
     finally:
@@ -99,10 +100,11 @@ def test_predict_action_chunk_cached_equals_plain(policy):
     obs = _obs(batch=2)
     texts = ["open the drawer", "push the block"]
     plain = policy.predict_action_chunk(obs, texts, generator=torch.Generator().manual_seed(0), cache_text=False)
-    assert not policy.tvp_encoder._text_cache and not policy.goal_encoder._cache
+    assert not policy.tvp_encoder.text_cache.rows and not policy.goal_encoder.text_cache.rows
     first = policy.predict_action_chunk(obs, texts, generator=torch.Generator().manual_seed(0))
     second = policy.predict_action_chunk(obs, texts, generator=torch.Generator().manual_seed(0))
-    assert set(policy.tvp_encoder._text_cache) == set(texts) and set(policy.goal_encoder._cache) == set(texts)
+    assert set(policy.tvp_encoder.text_cache.rows) == set(texts)
+    assert set(policy.goal_encoder.text_cache.rows) == set(texts)
     assert torch.equal(first, second)
     torch.testing.assert_close(first, plain, rtol=1e-5, atol=1e-5)
 
@@ -115,7 +117,7 @@ def test_compute_loss_does_not_use_the_caches(policy):
     loss, _ = policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
     policy.eval()
     assert torch.isfinite(loss)
-    assert not policy.tvp_encoder._text_cache and not policy.goal_encoder._cache
+    assert not policy.tvp_encoder.text_cache.rows and not policy.goal_encoder.text_cache.rows
 
 
 def test_cuda_graph_sampler_is_opt_in_and_ignored_on_cpu(policy):
