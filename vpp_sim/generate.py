@@ -140,7 +140,12 @@ def write_frame(path: Path, frame: dict[str, np.ndarray]) -> None:
         np.savez_compressed(fh, **frame)
 
 
-def _write_episode_files(out: Path, split: str, ep_id: int, start: int, data, text: str) -> None:
+def _write_episode_files(out: str, split: str, ep_id: int, start: int, episode_file: str, task: str, text: str,
+                         marker: str) -> None:
+    """Every file of one episode (frames, videos, annotation), then its done-marker; runs in a worker process."""
+    out = Path(out)
+    with np.load(episode_file) as z:
+        data = {k: z[k] for k in FRAME_KEYS}
     split_dir = out / SPLIT_DIRS[split]
     n = len(data["robot_obs"])
     for t in range(n):
@@ -158,13 +163,15 @@ def _write_episode_files(out: Path, split: str, ep_id: int, start: int, data, te
         "episode_id": ep_id,
         "video_length": n,
         "latent_videos": latents,
-        "calvin_task": str(data["task"]),
+        "calvin_task": task,
         "frame_ids": [start, start + n - 1],
         "state": data["robot_obs"].tolist(),
         "actions": data["rel_actions"].tolist(),
     }
     with atomic_write(out / "annotation" / split / f"{ep_id}.json") as tmp:
         tmp.write_text(json.dumps(ann, indent=2))
+    Path(marker).parent.mkdir(parents=True, exist_ok=True)
+    Path(marker).touch()
 
 
 def statistics(robot_obs: np.ndarray, scene_obs: np.ndarray, actions: np.ndarray) -> dict:
@@ -193,8 +200,9 @@ def _save_pickle(path: Path, obj) -> None:
 
 
 def layout(out: Path, jobs: list[Job], work: Path, phrasings: dict[str, list[str]], val_sentences: dict[str, str],
-           seed: int) -> dict[str, int]:
-    """Phase 2: contiguous frame ids per split, per-episode files (resumable), then the split-level index files."""
+           seed: int, workers: int = 1) -> dict[str, int]:
+    """Phase 2: contiguous frame ids per split, per-episode files (resumable, in `workers` processes), then the
+    split-level index files."""
     done = [j for j in jobs if (work / "episodes" / f"{j.index:07d}.npz").exists()]
     counts = {}
     for split in ("train", "val"):
@@ -202,28 +210,37 @@ def layout(out: Path, jobs: list[Job], work: Path, phrasings: dict[str, list[str
         split_dir = out / SPLIT_DIRS[split]
         split_dir.mkdir(parents=True, exist_ok=True)
         (out / "annotation" / split).mkdir(parents=True, exist_ok=True)
-        ids, anns, tasks, robot, scene, acts = [], [], [], [], [], []
+        ids, anns, tasks, robot, scene, acts, pending = [], [], [], [], [], [], []
         start = 0
-        for ep_id, job in enumerate(tqdm(split_jobs, desc=f"writing {SPLIT_DIRS[split]}", unit="episode")):
-            with np.load(work / "episodes" / f"{job.index:07d}.npz") as z:
-                data = {k: z[k] for k in z.files}
-            data["task"] = job.task
-            n = len(data["robot_obs"])
+        for ep_id, job in enumerate(split_jobs):
+            episode_file = work / "episodes" / f"{job.index:07d}.npz"
+            with np.load(episode_file) as z:  # npz members load lazily: only the small arrays are read here
+                robot_obs = z["robot_obs"]
+                if split == "train":
+                    scene.append(z["scene_obs"])
+                    acts.append(z["actions"])
+                    robot.append(robot_obs)
+            n = len(robot_obs)
             rng = np.random.default_rng([seed, job.index])
             text = phrasings[job.task][rng.integers(len(phrasings[job.task]))]
             marker = work / "written" / f"{split}_{ep_id:07d}_{job.index:07d}"
             if not marker.exists():
-                _write_episode_files(out, split, ep_id, start, data, text)
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
+                pending.append((str(out), split, ep_id, start, str(episode_file), job.task, text, str(marker)))
             ids.append((start, start + n - 1))
             anns.append(text)
             tasks.append(job.task)
-            if split == "train":
-                robot.append(data["robot_obs"])
-                scene.append(data["scene_obs"])
-                acts.append(data["actions"])
             start += n
+        bar = tqdm(total=len(split_jobs), initial=len(split_jobs) - len(pending), desc=f"writing {SPLIT_DIRS[split]}",
+                   unit="episode")
+        if workers <= 1:
+            for args in pending:
+                _write_episode_files(*args)
+                bar.update(1)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(_write_episode_files, *zip(*pending)) if pending else ():
+                    bar.update(1)
+        bar.close()
         ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1, 2)
         _save_pickle(split_dir / "ep_start_end_ids.npy", ids_arr)
         _save_pickle(split_dir / "ep_lens.npy", ids_arr[:, 1] - ids_arr[:, 0] + 1)
@@ -299,7 +316,7 @@ def generate(output: str | Path, episodes_per_task: int, seed: int = 0, val_frac
     if failed:
         logger.warning("the expert failed %d planned episodes after %d attempts each: %s", len(failed), max_attempts,
                        sorted(set(failed)))
-    counts = layout(out, jobs, work, phrasings, val_sentences, seed)
+    counts = layout(out, jobs, work, phrasings, val_sentences, seed, workers)
     summary = {"output": str(out), "episodes": counts, "failed": failed}
     if not keep_work:
         shutil.rmtree(work)
