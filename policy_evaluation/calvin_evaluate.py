@@ -2,7 +2,8 @@
 
     python policy_evaluation/calvin_evaluate.py --video_model_path V --action_model_folder A --clip_model_path C \\
         --calvin_abc_dir D [--num_sequences 1000] [--ep_len 360] [--shard i/n] [--num_workers N] [--output_dir O] \\
-        [--num_videos 10] [--device cuda] [--env calvin|sim] [--wandb]
+        [--num_videos 10] [--device cuda] [--env calvin|sim] [--sim_tasks T1,T2,...] [--wandb]
+    python policy_evaluation/calvin_evaluate.py --baseline random|expert --env sim [--sim_tasks T1,T2,...] [...]
     python policy_evaluation/calvin_evaluate.py merge SHARD_DIR [SHARD_DIR ...] --output DIR
 
 --action_model_folder is a stage-2 checkpoint folder (config.yaml + model.safetensors) or a training run folder,
@@ -10,11 +11,18 @@ whose `last` file names the checkpoint to evaluate. Results go to --output_dir (
 <action_model_folder>/eval_<env>_<checkpoint>[_shard<i>of<n>]): results.jsonl (one line per finished sequence;
 a rerun resumes), results.json ({checkpoint: {avg_seq_len, chain_sr, task_info}}) and videos/.
 Defaults come from policy_conf/calvin_evaluate.yaml (--config).
+
+--sim_tasks (with --env sim) restricts the built-in simulator's suite to those tasks: same sequence generator and
+rules over that subset, chains of min(5, number of task categories) tasks (e.g. 3 for drawer + slider + LED tasks).
+--baseline replaces the checkpoint: "random" (uniform random relative actions, gripper +-1, seeded by --seed) or
+"expert" (vpp_sim's scripted expert for each subtask; reads the simulator's state, --env sim only). Its results go
+to output/baselines/eval_<env>[_<subset>]_baseline_<name> unless --output_dir is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -26,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo's packages 
     sys.path.insert(0, str(REPO_ROOT))
 
 DEFAULT_CONFIG = REPO_ROOT / "policy_conf" / "calvin_evaluate.yaml"
+BASELINE_OUTPUT_ROOT = REPO_ROOT / "output" / "baselines"
 
 logger = logging.getLogger("calvin_evaluate")
 
@@ -36,9 +45,15 @@ def _repo_path(p: str | Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from policy_evaluation.baselines import BASELINES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video_model_path", help="stage-1 video model folder (default: the checkpoint config's)")
-    ap.add_argument("--action_model_folder", required=True, help="stage-2 checkpoint folder or run folder")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--action_model_folder", help="stage-2 checkpoint folder or run folder")
+    what.add_argument("--baseline", choices=BASELINES,
+                      help="evaluate a reference policy instead of a checkpoint: random actions or the scripted "
+                           "expert (--env sim)")
     ap.add_argument("--clip_model_path", help="CLIP folder (default: the checkpoint config's)")
     ap.add_argument("--calvin_abc_dir", help="CALVIN dataset root (task_ABC_D); its validation/ folder is used")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="evaluation defaults (yaml)")
@@ -50,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num_videos", type=int)
     ap.add_argument("--device", help="cpu, cuda, cuda:1 or a comma list (cuda:0,cuda:1) spread over the workers")
     ap.add_argument("--env", choices=["calvin", "sim"])
+    ap.add_argument("--sim_tasks", help="--env sim: comma-separated subset of vpp_sim.tasks.SIM_TASKS to evaluate on")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--use_ema", action="store_true", default=None)
     egl = ap.add_mutually_exclusive_group()
@@ -91,9 +107,17 @@ def resolve_devices(device: str | None, num_workers: int) -> tuple[str, ...]:
     return ("cpu",)
 
 
-def default_output_dir(action_model_folder: str | Path, env: str, checkpoint_name: str, shard: tuple[int, int]) -> Path:
+def default_output_dir(
+    action_model_folder: str | Path, env: str, checkpoint_name: str, shard: tuple[int, int],
+    sim_tasks: tuple[str, ...] | None = None,
+) -> Path:
+    """<action_model_folder>/eval_<env>[_<subset tag>]_<checkpoint>[_shard<i>of<n>]; a task subset gets its own
+    folder (tag: task count + hash of the names), so runs on different subsets never collide."""
     base = Path(action_model_folder).expanduser()
     name = f"eval_{env}_{checkpoint_name}"
+    if sim_tasks:
+        digest = hashlib.sha1(",".join(sim_tasks).encode()).hexdigest()[:8]
+        name = f"eval_{env}_{len(sim_tasks)}tasks-{digest}_{checkpoint_name}"
     if shard[1] > 1:
         name += f"_shard{shard[0]}of{shard[1]}"
     return base / name
@@ -120,11 +144,12 @@ def _init_wandb(cfg: dict[str, Any], output_dir: Path, run_config: dict[str, Any
 
 
 def main_evaluate(argv: list[str]) -> int:
+    from policy_evaluation.baselines import BaselinePolicyFactory
     from policy_evaluation.calvin_env_adapter import CalvinSetupError
     from policy_evaluation.metrics import print_metrics
     from policy_evaluation.policy_factory import CheckpointNotFoundError, CheckpointPolicyFactory, resolve_checkpoint
-    from policy_evaluation.runner import EvalSettings, EvaluationError, parse_shard, run_evaluation
-    from policy_evaluation.suites import calvin_suite, sim_suite
+    from policy_evaluation.runner import EvalSettings, EvaluationError, parse_shard, run_evaluation, write_results_json
+    from policy_evaluation.suites import SuiteError, calvin_suite, parse_sim_tasks, sim_suite
 
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config)
@@ -136,7 +161,13 @@ def main_evaluate(argv: list[str]) -> int:
     try:
         env = pick("env", "calvin")
         shard = parse_shard(args.shard)
-        checkpoint = resolve_checkpoint(args.action_model_folder)
+        sim_tasks = parse_sim_tasks(pick("sim_tasks"))
+        if env != "sim" and sim_tasks:
+            raise EvaluationError("--sim_tasks needs --env sim")
+        if args.baseline == "expert" and env != "sim":
+            raise EvaluationError("--baseline expert reads the built-in simulator's state: use --env sim")
+        checkpoint = resolve_checkpoint(args.action_model_folder) if args.baseline is None else None
+        num_videos = int(pick("num_videos", 0))
         annotations = _repo_path(cfg.get("annotations", "policy_conf/annotations/new_playtable_validation.yaml"))
         if env == "calvin":
             if not args.calvin_abc_dir:
@@ -149,12 +180,14 @@ def main_evaluate(argv: list[str]) -> int:
             )
             suite.env_factory.check()  # fail fast: dataset config and calvin_env import
         else:
-            suite = sim_suite(seed=int(pick("seed", 0)), annotations=annotations)
+            # baselines ignore images: render only what the videos need
+            cameras = ("static", "gripper") if args.baseline is None else ("static",) if num_videos > 0 else ()
+            suite = sim_suite(seed=int(pick("seed", 0)), annotations=annotations, tasks=sim_tasks, cameras=cameras)
         num_workers = int(pick("num_workers", 1))
         settings = EvalSettings(
             num_sequences=int(pick("num_sequences", 1000)),
             ep_len=int(pick("ep_len", 360)),
-            num_videos=int(pick("num_videos", 0)),
+            num_videos=num_videos,
             seed=int(pick("seed", 0)),
             shard_index=shard[0],
             num_shards=shard[1],
@@ -163,32 +196,39 @@ def main_evaluate(argv: list[str]) -> int:
             video_fps=int(cfg.get("video_fps", 30)),
             progress=not args.no_progress,
         )
-        factory = CheckpointPolicyFactory(
-            checkpoint_dir=str(checkpoint),
-            video_model_path=args.video_model_path,
-            clip_model_path=args.clip_model_path,
-            overrides=dict(cfg.get("policy_overrides") or {}),
-            use_ema=bool(pick("use_ema", False)),
-            dtype=cfg.get("dtype"),
-        )
+        if args.baseline is not None:
+            factory = BaselinePolicyFactory(args.baseline, dict(suite.instructions))
+        else:
+            factory = CheckpointPolicyFactory(
+                checkpoint_dir=str(checkpoint),
+                video_model_path=args.video_model_path,
+                clip_model_path=args.clip_model_path,
+                overrides=dict(cfg.get("policy_overrides") or {}),
+                use_ema=bool(pick("use_ema", False)),
+                dtype=cfg.get("dtype"),
+            )
         output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
-            args.action_model_folder, env, factory.name, shard
+            args.action_model_folder or BASELINE_OUTPUT_ROOT, env, factory.name, shard, sim_tasks
         )
-        print(f"Evaluating {checkpoint} on {env} ({settings.num_sequences} sequences, shard {args.shard}) -> "
-              f"{output_dir}")
+        print(f"Evaluating {checkpoint or factory.name} on {suite.name} ({settings.num_sequences} sequences of "
+              f"{suite.task_table.seq_len} tasks, shard {args.shard}) -> {output_dir}")
         wandb_run = None
         if args.wandb or (cfg.get("wandb") or {}).get("enabled", False):
             suite.sequences(settings.num_sequences)  # cached; generated before wandb starts its threads
-            wandb_run = _init_wandb(cfg, output_dir, {"checkpoint": str(checkpoint), "env": env, **vars(args)})
+            wandb_run = _init_wandb(cfg, output_dir, {"checkpoint": str(checkpoint or factory.name), "env": env,
+                                                       "suite": suite.name, **vars(args)})
         try:
             metrics = run_evaluation(suite, factory, settings, output_dir, wandb_run=wandb_run)
+            if sim_tasks:  # eval_config.json has them in the suite name; results.json says what the numbers cover
+                metrics = {**metrics, "sim_tasks": list(sim_tasks), "seq_len": suite.task_table.seq_len}
+                write_results_json(output_dir, factory.name, metrics)
             if wandb_run is not None:
                 wandb_run.log({"final/avg_seq_len": metrics["avg_seq_len"],
                                **{f"final/chain_sr_{k}": v for k, v in metrics["chain_sr"].items()}})
         finally:
             if wandb_run is not None:
                 wandb_run.finish()
-    except (CalvinSetupError, CheckpointNotFoundError, EvaluationError, FileNotFoundError) as exc:
+    except (CalvinSetupError, CheckpointNotFoundError, EvaluationError, FileNotFoundError, SuiteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     title = f"Results for {factory.name}"

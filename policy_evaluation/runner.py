@@ -172,11 +172,13 @@ def write_results_json(output_dir: Path, checkpoint_name: str, metrics: Mapping[
     return path
 
 
-def _check_config(output_dir: Path, config: dict[str, Any]) -> None:
+def _check_config(output_dir: Path, config: dict[str, Any], extra_keys: Sequence[str] = ()) -> None:
+    """Write eval_config.json, or refuse when the folder holds another evaluation (IDENTITY_KEYS, shard and
+    `extra_keys` must match)."""
     path = output_dir / CONFIG_JSON
     if path.is_file():
         old = json.loads(path.read_text())
-        diffs = [k for k in (*IDENTITY_KEYS, "shard") if old.get(k) != config.get(k)]
+        diffs = [k for k in (*IDENTITY_KEYS, "shard", *extra_keys) if old.get(k) != config.get(k)]
         if diffs:
             detail = "; ".join(f"{k}: {old.get(k)!r} there vs {config.get(k)!r} now" for k in diffs)
             raise EvaluationError(
@@ -207,9 +209,10 @@ def run_job(
     settings: EvalSettings,
     output_dir: Path,
 ) -> dict[str, Any]:
-    """Run one sequence (seeded with settings.seed + index) and return its record; writes its video if asked."""
+    """Run one sequence (seeded with job["seed"] if given, else settings.seed + index) and return its record;
+    writes its video (videos/<job["video_name"] or sequence_XXXX>.mp4) if index < num_videos."""
     index = int(job["index"])
-    seed = settings.seed + index
+    seed = int(job.get("seed", settings.seed + index))
     _seed_all(seed)
     record_video = index < settings.num_videos
     t0 = time.perf_counter()
@@ -228,7 +231,7 @@ def run_job(
     if record_video:
         from policy_evaluation.video import write_rollout_video
 
-        path = output_dir / VIDEO_DIR / f"sequence_{index:04d}.mp4"
+        path = output_dir / VIDEO_DIR / f"{job.get('video_name') or f'sequence_{index:04d}'}.mp4"
         write_rollout_video(
             path, outcome.frames, outcome.frame_subtask, job["tasks"], dict(instructions), outcome.result,
             fps=settings.video_fps,
@@ -251,6 +254,14 @@ def run_job(
 # ----------------------------------------------------------------------------------------------------- workers
 
 
+def make_policy(policy_factory: PolicyFactory, device: str, env: EvalEnv) -> EvalPolicy:
+    """`policy_factory(device)`; a factory with a true `needs_env` attribute (a privileged baseline such as the
+    scripted expert, which reads the simulator's state) also gets this process's env as `env=`."""
+    if getattr(policy_factory, "needs_env", False):
+        return policy_factory(device, env=env)
+    return policy_factory(device)
+
+
 def _worker_main(
     worker_id: int,
     env_factory: EnvFactory,
@@ -266,7 +277,7 @@ def _worker_main(
     env = None
     try:
         env, oracle = env_factory()
-        policy = policy_factory(device)
+        policy = make_policy(policy_factory, device, env)
         while True:
             job = jobs.get()
             if job is None:
@@ -287,7 +298,7 @@ def _run_in_process(
 ) -> None:
     env, oracle = env_factory()
     try:
-        policy = policy_factory(settings.devices[0])
+        policy = make_policy(policy_factory, settings.devices[0], env)
         for job in jobs:
             on_record(run_job(env, oracle, policy, job, instructions, settings, output_dir))
     finally:
@@ -341,6 +352,17 @@ def _run_workers(
                 p.terminate()
         for p in procs:
             p.join(timeout=30)
+
+
+def dispatch_jobs(
+    jobs: Sequence[dict], env_factory: EnvFactory, policy_factory: PolicyFactory, instructions: dict[str, str],
+    settings: EvalSettings, output_dir: Path, on_record: Callable[[dict], None],
+) -> None:
+    """Run `jobs` (run_job) in this process or in settings.num_workers worker processes; records go to on_record."""
+    if not jobs:
+        return
+    runner = _run_in_process if settings.num_workers <= 1 or len(jobs) <= 1 else _run_workers
+    runner(jobs, env_factory, policy_factory, instructions, settings, output_dir, on_record)
 
 
 # ----------------------------------------------------------------------------------------------------- main entry
@@ -422,9 +444,7 @@ def run_evaluation(
                            **{f"eval/chain_sr_{k}": v for k, v in m["chain_sr"].items()}})
 
     try:
-        if jobs:
-            runner = _run_in_process if settings.num_workers <= 1 or len(jobs) <= 1 else _run_workers
-            runner(jobs, env_factory, policy_factory, suite.instructions, settings, output_dir, on_record)
+        dispatch_jobs(jobs, env_factory, policy_factory, suite.instructions, settings, output_dir, on_record)
     finally:
         if bar is not None:
             bar.close()
