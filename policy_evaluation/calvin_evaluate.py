@@ -17,6 +17,11 @@ rules over that subset, chains of min(5, number of task categories) tasks (e.g. 
 --baseline replaces the checkpoint: "random" (uniform random relative actions, gripper +-1, seeded by --seed) or
 "expert" (vpp_sim's scripted expert for each subtask; reads the simulator's state, --env sim only). Its results go
 to output/baselines/eval_<env>[_<subset>]_baseline_<name> unless --output_dir is given.
+
+--single_task_trials K (--env sim; instead of chains, so not with --num_sequences or --shard) runs K episodes of
+every task of the suite, each from a varied start where the task is feasible (vpp_sim's demonstration sampler,
+seeded by (seed, task, trial)), and reports the success rate per task (policy_evaluation/single_task.py). Its
+default folder gets a `single<K>` tag.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--calvin_abc_dir", help="CALVIN dataset root (task_ABC_D); its validation/ folder is used")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="evaluation defaults (yaml)")
     ap.add_argument("--num_sequences", type=int)
+    ap.add_argument("--single_task_trials", type=int,
+                    help="--env sim: K single-task episodes per task instead of chains (not with --num_sequences)")
     ap.add_argument("--ep_len", type=int)
     ap.add_argument("--shard", default="0/1", help="i/n: evaluate the i-th of n contiguous slices")
     ap.add_argument("--num_workers", type=int, help="env processes, each with its own env and policy")
@@ -109,15 +116,19 @@ def resolve_devices(device: str | None, num_workers: int) -> tuple[str, ...]:
 
 def default_output_dir(
     action_model_folder: str | Path, env: str, checkpoint_name: str, shard: tuple[int, int],
-    sim_tasks: tuple[str, ...] | None = None,
+    sim_tasks: tuple[str, ...] | None = None, single_task_trials: int | None = None,
 ) -> Path:
-    """<action_model_folder>/eval_<env>[_<subset tag>]_<checkpoint>[_shard<i>of<n>]; a task subset gets its own
-    folder (tag: task count + hash of the names), so runs on different subsets never collide."""
+    """<action_model_folder>/eval_<env>[_<subset tag>][_single<K>]_<checkpoint>[_shard<i>of<n>]; a task subset gets
+    its own folder (tag: task count + hash of the names), so runs on different subsets never collide; so does a
+    single-task evaluation with K trials per task."""
     base = Path(action_model_folder).expanduser()
-    name = f"eval_{env}_{checkpoint_name}"
+    name = f"eval_{env}"
     if sim_tasks:
         digest = hashlib.sha1(",".join(sim_tasks).encode()).hexdigest()[:8]
-        name = f"eval_{env}_{len(sim_tasks)}tasks-{digest}_{checkpoint_name}"
+        name += f"_{len(sim_tasks)}tasks-{digest}"
+    if single_task_trials:
+        name += f"_single{single_task_trials}"
+    name += f"_{checkpoint_name}"
     if shard[1] > 1:
         name += f"_shard{shard[0]}of{shard[1]}"
     return base / name
@@ -149,6 +160,11 @@ def main_evaluate(argv: list[str]) -> int:
     from policy_evaluation.metrics import print_metrics
     from policy_evaluation.policy_factory import CheckpointNotFoundError, CheckpointPolicyFactory, resolve_checkpoint
     from policy_evaluation.runner import EvalSettings, EvaluationError, parse_shard, run_evaluation, write_results_json
+    from policy_evaluation.single_task import (
+        format_single_task_table,
+        run_single_task_evaluation,
+        single_task_suite,
+    )
     from policy_evaluation.suites import SuiteError, calvin_suite, parse_sim_tasks, sim_suite
 
     args = build_parser().parse_args(argv)
@@ -166,6 +182,7 @@ def main_evaluate(argv: list[str]) -> int:
             raise EvaluationError("--sim_tasks needs --env sim")
         if args.baseline == "expert" and env != "sim":
             raise EvaluationError("--baseline expert reads the built-in simulator's state: use --env sim")
+        trials = _single_task_trials(pick("single_task_trials"), args, env, shard)
         checkpoint = resolve_checkpoint(args.action_model_folder) if args.baseline is None else None
         num_videos = int(pick("num_videos", 0))
         annotations = _repo_path(cfg.get("annotations", "policy_conf/annotations/new_playtable_validation.yaml"))
@@ -182,7 +199,8 @@ def main_evaluate(argv: list[str]) -> int:
         else:
             # baselines ignore images: render only what the videos need
             cameras = ("static", "gripper") if args.baseline is None else ("static",) if num_videos > 0 else ()
-            suite = sim_suite(seed=int(pick("seed", 0)), annotations=annotations, tasks=sim_tasks, cameras=cameras)
+            make_suite = sim_suite if trials is None else single_task_suite
+            suite = make_suite(seed=int(pick("seed", 0)), annotations=annotations, tasks=sim_tasks, cameras=cameras)
         num_workers = int(pick("num_workers", 1))
         settings = EvalSettings(
             num_sequences=int(pick("num_sequences", 1000)),
@@ -208,16 +226,30 @@ def main_evaluate(argv: list[str]) -> int:
                 dtype=cfg.get("dtype"),
             )
         output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
-            args.action_model_folder or BASELINE_OUTPUT_ROOT, env, factory.name, shard, sim_tasks
+            args.action_model_folder or BASELINE_OUTPUT_ROOT, env, factory.name, shard, sim_tasks, trials
         )
-        print(f"Evaluating {checkpoint or factory.name} on {suite.name} ({settings.num_sequences} sequences of "
-              f"{suite.task_table.seq_len} tasks, shard {args.shard}) -> {output_dir}")
+        if trials is None:
+            print(f"Evaluating {checkpoint or factory.name} on {suite.name} ({settings.num_sequences} sequences of "
+                  f"{suite.task_table.seq_len} tasks, shard {args.shard}) -> {output_dir}")
+        else:
+            print(f"Evaluating {checkpoint or factory.name} on {suite.name}: {trials} single-task episodes of each of "
+                  f"{len(suite.tasks)} tasks -> {output_dir}")
         wandb_run = None
         if args.wandb or (cfg.get("wandb") or {}).get("enabled", False):
-            suite.sequences(settings.num_sequences)  # cached; generated before wandb starts its threads
+            if trials is None:
+                suite.sequences(settings.num_sequences)  # cached; generated before wandb starts its threads
             wandb_run = _init_wandb(cfg, output_dir, {"checkpoint": str(checkpoint or factory.name), "env": env,
                                                        "suite": suite.name, **vars(args)})
         try:
+            if trials is not None:
+                metrics = run_single_task_evaluation(suite, factory, trials, settings, output_dir, wandb_run=wandb_run)
+                if wandb_run is not None:
+                    wandb_run.log({"final/avg_success_rate": metrics["avg_success_rate"],
+                                   **{f"final/sr_{t}": v["success_rate"] for t, v in metrics["task_info"].items()}})
+                print(f"Single-task results for {factory.name} ({trials} episodes per task, ep_len {settings.ep_len}):")
+                print(format_single_task_table(metrics))
+                print(f"Saved {output_dir / 'results.json'}")
+                return 0
             metrics = run_evaluation(suite, factory, settings, output_dir, wandb_run=wandb_run)
             if sim_tasks:  # eval_config.json has them in the suite name; results.json says what the numbers cover
                 metrics = {**metrics, "sim_tasks": list(sim_tasks), "seq_len": suite.task_table.seq_len}
@@ -237,6 +269,24 @@ def main_evaluate(argv: list[str]) -> int:
     print_metrics(metrics, title + ":")
     print(f"Saved {output_dir / 'results.json'}")
     return 0
+
+
+def _single_task_trials(value: Any, args: argparse.Namespace, env: str, shard: tuple[int, int]) -> int | None:
+    """--single_task_trials / the yaml key: None (chain evaluation) or K >= 1, refused with chain-only options."""
+    from policy_evaluation.runner import EvaluationError
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EvaluationError(f"single_task_trials must be an integer >= 1 (or null for chains), got {value!r}")
+    if env != "sim":
+        raise EvaluationError("--single_task_trials needs --env sim (start scenes come from vpp_sim's sampler)")
+    if args.num_sequences is not None:
+        raise EvaluationError("--single_task_trials and --num_sequences are mutually exclusive: single-task episodes "
+                              "or chains (set single_task_trials: null in the config for chains)")
+    if shard != (0, 1):
+        raise EvaluationError("--single_task_trials does not shard: use --num_workers to parallelise")
+    return value
 
 
 def main_merge(argv: list[str]) -> int:
