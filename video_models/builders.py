@@ -260,9 +260,10 @@ def load_text_encoder(
 
 
 def make_tiny_video_model_folders(
-    root: str | Path, config_path: str | Path | None = None, seed: int = 0
+    root: str | Path, config_path: str | Path | None = None, seed: int = 0, prefix: str = "tiny"
 ) -> tuple[Path, Path]:
-    """Save a tiny random video model and CLIP folder under `root` (for tests and the demo); returns their paths."""
+    """Save a random video model and CLIP folder (`{prefix}-svd`, `{prefix}-clip`) under `root`, built from a yaml
+    `model:` block (default video_conf/tiny.yaml, for tests and the demo); returns their paths."""
     from vpp_core.config import load_config
 
     root = Path(root)
@@ -271,7 +272,7 @@ def make_tiny_video_model_folders(
     )
     cfg = load_config(config_path)
     model = build_video_model(cfg.model, seed=seed)
-    svd_dir, clip_dir = root / "tiny-svd", root / "tiny-clip"
+    svd_dir, clip_dir = root / f"{prefix}-svd", root / f"{prefix}-clip"
     save_video_model(
         svd_dir,
         model.unet,

@@ -1,0 +1,223 @@
+"""Does the method learn? Train VPP's two stages on simulator demonstrations and bring the result back for evaluation.
+
+The simulator needs pybullet, which a GPU machine may lack, and a few hundred demonstrations are gigabytes as CALVIN
+files; so the experiment is split into three steps on two machines (docs/PERFORMANCE.md, "Does the method learn?"):
+
+  here (CPU):  python -m vpp_sim.generate --output D --episodes-per-task 50 --tasks ... --keep-work
+               python -m vpp_sim.archive pack --dataset D --output A
+               python benchmarks/sim_learning.py models --output M          # random small video model + CLIP
+  GPU:         python benchmarks/sim_learning.py train --archive A --models M --work W --export E \
+                   --stage1-steps 3000 --stage2-steps 2500 [--until stage1]
+  here (CPU):  python benchmarks/sim_learning.py assemble --models M --export E --output R
+               python policy_evaluation/calvin_evaluate.py --env sim --action_model_folder R/policy \
+                   --video_model_path R/video_model --clip_model_path M/small-clip ...
+
+`train` runs the real command-line tools (vpp_sim.archive unpack, step1_prepare_latent_data.py, step1_train_svd.py,
+step2_train_action_calvin.py) and skips what is already done, so a second call continues where a time limit stopped
+the first. What has to travel back (the trained U-Net in fp16, the policy checkpoint, logs) is written to --export as
+a tar file split into parts of at most 15 MiB; `assemble` joins them and rebuilds a loadable video model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATASET_NAME = "tabletop"
+VIDEO_CONFIG = "video_conf/small_sim.yaml"
+POLICY_CONFIG = "policy_conf/small_sim_calvin.yaml"
+PART_BYTES = 15 * 2**20
+
+
+def run(title: str, args: list[str], log: dict) -> None:
+    """One real tool, output streamed; its wall time goes into the log."""
+    print(f"\n=== {title}\n$ {' '.join(args)}", flush=True)
+    start = time.perf_counter()
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"), "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, *args], cwd=REPO, env=env)
+    log.setdefault("seconds", {})[title] = round(time.perf_counter() - start, 1)
+    if result.returncode != 0:
+        raise SystemExit(f"'{title}' failed with exit code {result.returncode}")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from video_models.builders import make_tiny_video_model_folders
+
+    svd, clip = make_tiny_video_model_folders(args.output, REPO / VIDEO_CONFIG, seed=args.seed, prefix="small")
+    print(json.dumps({"video_model": str(svd), "clip": str(clip)}))
+
+
+def export_parts(src: Path, export: Path, name: str) -> list[str]:
+    """tar `src` into export/name.tar.partNN files of at most PART_BYTES (the transfer limit per file)."""
+    export.mkdir(parents=True, exist_ok=True)
+    tar_path = export / f"{name}.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(src, arcname=name)
+    parts = []
+    with open(tar_path, "rb") as fh:
+        while chunk := fh.read(PART_BYTES):
+            part = export / f"{name}.tar.part{len(parts):02d}"
+            part.write_bytes(chunk)
+            parts.append(part.name)
+    tar_path.unlink()
+    return parts
+
+
+def build_initial_unet(dst: Path, seed: int) -> None:
+    import torch
+
+    from video_models.builders import build_unet
+    from vpp_core.config import load_config
+
+    torch.manual_seed(seed)
+    build_unet(load_config(REPO / VIDEO_CONFIG).model.unet).save_pretrained(dst, safe_serialization=True)
+
+
+def export_unet(checkpoint: Path, dst: Path) -> None:
+    """The trained U-Net in fp16 (half the bytes; the policy runs the frozen U-Net in bf16/fp16 on GPUs anyway)."""
+    import torch
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(checkpoint, subfolder="unet", torch_dtype=torch.float16)
+    unet.save_pretrained(dst, safe_serialization=True)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    work, export, models = Path(args.work).resolve(), Path(args.export).resolve(), Path(args.models).resolve()
+    svd, clip = models / "small-svd", models / "small-clip"
+    data_root = work / "data"
+    dataset = data_root / DATASET_NAME
+    video_run, action_run = work / "video_model", work / "action_model"
+    log: dict = {"args": vars(args)}
+    if not (svd / "unet" / "config.json").exists():
+        # the random initial U-Net is not worth carrying (60 MB); the VAE and CLIP, which are never trained, are
+        build_initial_unet(svd / "unet", args.seed)
+    if not (dataset / "training" / "ep_start_end_ids.npy").exists():
+        run("unpack the demonstrations", ["-m", "vpp_sim.archive", "unpack", "--archive", args.archive, "--output",
+                                          str(dataset), "--workers", str(args.workers)], log)
+    marker = work / "latents.done"
+    if not marker.exists():
+        run("encode the videos into VAE latents",
+            ["step1_prepare_latent_data.py", "videos", "--pretrained_model_path", str(svd), "--dataset_dir",
+             str(dataset), "--resolution", "128", "--seed", str(args.seed), "--device", args.device,
+             "--no_progress"], log)
+        marker.touch()
+    final = video_run / f"checkpoint-{args.stage1_steps}"
+    if not (final / "model_index.json").exists():
+        run("train the video model (stage 1)",
+            ["step1_train_svd.py", "--config", VIDEO_CONFIG, f"pretrained_model_path={svd}",
+             f"train_args.clip_model_path={clip}", f"train_args.dataset_dir={data_root}",
+             f"train_args.dataset={DATASET_NAME}", "train_args.prob=[1.0]", f"run_dir={video_run}",
+             f"max_train_steps={args.stage1_steps}", f"seed={args.seed}", "resume=latest", *args.stage1_overrides], log)
+    video_model = latest_checkpoint(video_run)
+    if not (export / "unet.tar.part00").exists():
+        staging = work / "export_unet"
+        export_unet(video_model, staging)
+        for name in ("config.yaml", "metrics.jsonl"):
+            if (video_run / name).exists():
+                shutil.copy(video_run / name, staging / name)
+        if (video_run / "samples").is_dir():
+            shutil.copytree(video_run / "samples", staging / "samples")
+        log["unet_parts"] = export_parts(staging, export, "unet")
+    if args.until == "stage1":
+        (export / "train_log_stage1.json").write_text(json.dumps(log, indent=1, default=str))
+        return
+    resume = ["run.resume=auto"] if action_run.exists() else []
+    run("train the action model (stage 2)",
+        ["step2_train_action_calvin.py", "--config", POLICY_CONFIG, "--root_data_dir", str(dataset),
+         "--video_model_path", str(video_model), "--text_encoder_path", str(clip), f"run.run_dir={action_run}",
+         f"training.max_steps={args.stage2_steps}", f"seed={args.seed}", *resume, *args.stage2_overrides], log)
+    from policy_evaluation.policy_factory import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(action_run)
+    staging = work / "export_policy"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    # the weights (and EMA weights) with their config; the optimizer state stays behind
+    for src in (checkpoint / "config.yaml", checkpoint / "model.safetensors", checkpoint / "ema.safetensors",
+                action_run / "metrics.jsonl", action_run / "log.txt", action_run / "run_config.yaml"):
+        if src.exists():
+            shutil.copy(src, staging / src.name)
+    log["policy_checkpoint"] = checkpoint.name
+    log["policy_parts"] = export_parts(staging, export, "policy")
+    (export / "train_log.json").write_text(json.dumps(log, indent=1, default=str))
+
+
+def join_parts(export: Path, name: str, output: Path) -> Path:
+    parts = sorted(export.glob(f"{name}.tar.part*"))
+    if not parts:
+        raise SystemExit(f"no {name}.tar.part* files in {export}")
+    tar_path = output / f"{name}.tar"
+    with open(tar_path, "wb") as fh:
+        for part in parts:
+            fh.write(part.read_bytes())
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(output, filter="data")
+    tar_path.unlink()
+    return output / name
+
+
+def cmd_assemble(args: argparse.Namespace) -> None:
+    """Video model folder = the random VAE/scheduler/... of --models + the trained U-Net; policy checkpoint as is."""
+    output, export, models = Path(args.output), Path(args.export), Path(args.models)
+    output.mkdir(parents=True, exist_ok=True)
+    video_model = output / "video_model"
+    if video_model.exists():
+        shutil.rmtree(video_model)
+    shutil.copytree(models / "small-svd", video_model)
+    shutil.rmtree(video_model / "unet")
+    unet = join_parts(export, "unet", output)
+    unet.rename(video_model / "unet")
+    summary = {"video_model": str(video_model)}
+    if list(export.glob("policy.tar.part*")):
+        summary["policy"] = str(join_parts(export, "policy", output))
+    print(json.dumps(summary))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("models", help="random small video model + CLIP folders (video_conf/small_sim.yaml)")
+    m.add_argument("--output", required=True)
+    m.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("train", help="unpack, latents, stage 1, stage 2; export the results (GPU machine)")
+    t.add_argument("--archive", required=True)
+    t.add_argument("--models", required=True)
+    t.add_argument("--work", required=True)
+    t.add_argument("--export", required=True)
+    t.add_argument("--stage1-steps", type=int, default=3000)
+    t.add_argument("--stage2-steps", type=int, default=2500)
+    t.add_argument("--until", choices=["stage1", "stage2"], default="stage2")
+    t.add_argument("--workers", type=int, default=8)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cuda", help="for the latent encoding (the trainers pick the GPU themselves)")
+    t.add_argument("--stage1-overrides", nargs="*", default=[], help="extra key=value for step1_train_svd.py")
+    t.add_argument("--stage2-overrides", nargs="*", default=[], help="extra key=value for step2_train_action_calvin.py")
+    a = sub.add_parser("assemble", help="join the exported parts into a video model folder + policy checkpoint")
+    a.add_argument("--models", required=True)
+    a.add_argument("--export", required=True)
+    a.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    {"models": cmd_models, "train": cmd_train, "assemble": cmd_assemble}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
