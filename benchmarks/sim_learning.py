@@ -5,17 +5,17 @@ files; so the experiment is split into three steps on two machines (docs/PERFORM
 
   here (CPU):  python -m vpp_sim.generate --output D --episodes-per-task 50 --tasks ... --keep-work
                python -m vpp_sim.archive pack --dataset D --output A
-               python benchmarks/sim_learning.py models --output M          # random small video model + CLIP
-  GPU:         python benchmarks/sim_learning.py train --archive A --models M --work W --export E \
-                   --stage1-steps 3000 --stage2-steps 2500 [--until stage1]
-  here (CPU):  python benchmarks/sim_learning.py assemble --models M --export E --output R
+  GPU:         python benchmarks/sim_learning.py train --archive A --work W --export E \
+                   --stage1-steps 3000 --stage2-steps 2000 [--until stage1]
+  here (CPU):  python benchmarks/sim_learning.py assemble --export E --output R
                python policy_evaluation/calvin_evaluate.py --env sim --action_model_folder R/policy \
-                   --video_model_path R/video_model --clip_model_path M/small-clip ...
+                   --video_model_path R/video/svd --clip_model_path R/video/clip ...
 
 `train` runs the real command-line tools (vpp_sim.archive unpack, step1_prepare_latent_data.py, step1_train_svd.py,
 step2_train_action_calvin.py) and skips what is already done, so a second call continues where a time limit stopped
-the first. What has to travel back (the trained U-Net in fp16, the policy checkpoint, logs) is written to --export as
-a tar file split into parts of at most 15 MiB; `assemble` joins them and rebuilds a loadable video model folder.
+the first. The random models (video_conf/small_sim.yaml) are built there from a seed. What has to travel back (the
+video model with its trained U-Net in fp16, CLIP, the policy checkpoint, logs) is written to --export as tar files
+split into parts of at most 15 MiB (the transfer limit per file); `assemble` joins them.
 """
 
 from __future__ import annotations
@@ -55,13 +55,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def cmd_models(args: argparse.Namespace) -> None:
-    from video_models.builders import make_tiny_video_model_folders
-
-    svd, clip = make_tiny_video_model_folders(args.output, REPO / VIDEO_CONFIG, seed=args.seed, prefix="small")
-    print(json.dumps({"video_model": str(svd), "clip": str(clip)}))
-
-
 def export_parts(src: Path, export: Path, name: str) -> list[str]:
     """tar `src` into export/name.tar.partNN files of at most PART_BYTES (the transfer limit per file)."""
     export.mkdir(parents=True, exist_ok=True)
@@ -78,16 +71,6 @@ def export_parts(src: Path, export: Path, name: str) -> list[str]:
     return parts
 
 
-def build_initial_unet(dst: Path, seed: int) -> None:
-    import torch
-
-    from video_models.builders import build_unet
-    from vpp_core.config import load_config
-
-    torch.manual_seed(seed)
-    build_unet(load_config(REPO / VIDEO_CONFIG).model.unet).save_pretrained(dst, safe_serialization=True)
-
-
 def export_unet(checkpoint: Path, dst: Path) -> None:
     """The trained U-Net in fp16 (half the bytes; the policy runs the frozen U-Net in bf16/fp16 on GPUs anyway)."""
     import torch
@@ -98,18 +81,25 @@ def export_unet(checkpoint: Path, dst: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    work, export, models = Path(args.work).resolve(), Path(args.export).resolve(), Path(args.models).resolve()
+    work, export = Path(args.work).resolve(), Path(args.export).resolve()
+    models = work / "models"
     svd, clip = models / "small-svd", models / "small-clip"
     data_root = work / "data"
     dataset = data_root / DATASET_NAME
     video_run, action_run = work / "video_model", work / "action_model"
     log: dict = {"args": vars(args)}
-    if not (svd / "unet" / "config.json").exists():
-        # the random initial U-Net is not worth carrying (60 MB); the VAE and CLIP, which are never trained, are
-        build_initial_unet(svd / "unet", args.seed)
+    if not (svd / "model_index.json").exists():
+        # random weights from a seed: cheaper to build here than to carry (the trained result travels back)
+        from video_models.builders import make_tiny_video_model_folders
+
+        make_tiny_video_model_folders(models, REPO / VIDEO_CONFIG, seed=args.seed, prefix="small")
     if not (dataset / "training" / "ep_start_end_ids.npy").exists():
         run("unpack the demonstrations", ["-m", "vpp_sim.archive", "unpack", "--archive", args.archive, "--output",
                                           str(dataset), "--workers", str(args.workers)], log)
+    if not (dataset / "training" / "packed").exists():
+        run("pack the stage-2 frames into memory-mapped arrays",
+            ["-m", "policy_models.datasets.pack_calvin", "--root", str(dataset), "--lang_folder", "lang_annotations",
+             "--workers", str(args.workers), "--no_progress"], log)
     marker = work / "latents.done"
     if not marker.exists():
         run("encode the videos into VAE latents",
@@ -125,15 +115,19 @@ def cmd_train(args: argparse.Namespace) -> None:
              f"train_args.dataset={DATASET_NAME}", "train_args.prob=[1.0]", f"run_dir={video_run}",
              f"max_train_steps={args.stage1_steps}", f"seed={args.seed}", "resume=latest", *args.stage1_overrides], log)
     video_model = latest_checkpoint(video_run)
-    if not (export / "unet.tar.part00").exists():
-        staging = work / "export_unet"
-        export_unet(video_model, staging)
+    if not (export / "video.tar.part00").exists():
+        staging = work / "export_video"
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(svd, staging / "svd", ignore=shutil.ignore_patterns("unet"))
+        export_unet(video_model, staging / "svd" / "unet")
+        shutil.copytree(clip, staging / "clip")
         for name in ("config.yaml", "metrics.jsonl"):
             if (video_run / name).exists():
                 shutil.copy(video_run / name, staging / name)
         if (video_run / "samples").is_dir():
             shutil.copytree(video_run / "samples", staging / "samples")
-        log["unet_parts"] = export_parts(staging, export, "unet")
+        log["video_parts"] = export_parts(staging, export, "video")
     if args.until == "stage1":
         (export / "train_log_stage1.json").write_text(json.dumps(log, indent=1, default=str))
         return
@@ -174,19 +168,17 @@ def join_parts(export: Path, name: str, output: Path) -> Path:
 
 
 def cmd_assemble(args: argparse.Namespace) -> None:
-    """Video model folder = the random VAE/scheduler/... of --models + the trained U-Net; policy checkpoint as is."""
-    output, export, models = Path(args.output), Path(args.export), Path(args.models)
+    """Join the exported parts: video/svd (a loadable video model folder with the trained U-Net in fp16), video/clip,
+    the stage-1 logs and samples, and policy/ (a stage-2 checkpoint folder with model and EMA weights)."""
+    output, export = Path(args.output), Path(args.export)
     output.mkdir(parents=True, exist_ok=True)
-    video_model = output / "video_model"
-    if video_model.exists():
-        shutil.rmtree(video_model)
-    shutil.copytree(models / "small-svd", video_model)
-    shutil.rmtree(video_model / "unet")
-    unet = join_parts(export, "unet", output)
-    unet.rename(video_model / "unet")
-    summary = {"video_model": str(video_model)}
-    if list(export.glob("policy.tar.part*")):
-        summary["policy"] = str(join_parts(export, "policy", output))
+    summary = {}
+    for name in ("video", "policy"):
+        if list(export.glob(f"{name}.tar.part*")):
+            target = output / name
+            if target.exists():
+                shutil.rmtree(target)
+            summary[name] = str(join_parts(export, name, output))
     print(json.dumps(summary))
 
 
@@ -194,12 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("models", help="random small video model + CLIP folders (video_conf/small_sim.yaml)")
-    m.add_argument("--output", required=True)
-    m.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train", help="unpack, latents, stage 1, stage 2; export the results (GPU machine)")
     t.add_argument("--archive", required=True)
-    t.add_argument("--models", required=True)
     t.add_argument("--work", required=True)
     t.add_argument("--export", required=True)
     t.add_argument("--stage1-steps", type=int, default=3000)
@@ -211,11 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--stage1-overrides", nargs="*", default=[], help="extra key=value for step1_train_svd.py")
     t.add_argument("--stage2-overrides", nargs="*", default=[], help="extra key=value for step2_train_action_calvin.py")
     a = sub.add_parser("assemble", help="join the exported parts into a video model folder + policy checkpoint")
-    a.add_argument("--models", required=True)
     a.add_argument("--export", required=True)
     a.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    {"models": cmd_models, "train": cmd_train, "assemble": cmd_assemble}[args.command](args)
+    {"train": cmd_train, "assemble": cmd_assemble}[args.command](args)
     return 0
 
 
