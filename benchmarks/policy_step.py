@@ -1,13 +1,17 @@
 """Stage-2 policy at full size (random weights): chunk inference latency and one training step.
 
     python benchmarks/policy_step.py --mode inference --batch 1
+    python benchmarks/policy_step.py --mode inference --batch 1 --cuda-graph chunk --compile
     python benchmarks/policy_step.py --mode train --batch 32 --precision bf16
     python benchmarks/policy_step.py --tiny --device cpu --mode inference      # smoke run on a laptop
 
 The full-size model is the CALVIN configuration (policy_conf/model/calvin.yaml: 2 cameras, 10 x 7 actions) on a
 random full-size SVD U-Net/VAE (fp16, as released) and a random CLIP ViT-B/32 text tower. Inference is
-`predict_action_chunk` from 200x200 and 84x84 uint8 camera images (preprocessing included); the training step is
-`compute_loss` + backward + AdamW on the trainable Video Former and DiT, as step2_train_action_calvin.py runs it.
+`predict_action_chunk` from 200x200 and 84x84 uint8 camera images (preprocessing included), optionally with CUDA-graph
+replay (`--cuda-graph sampler|chunk`, exact) and a compiled U-Net pass (`--compile [MODE]`, close, not bit-identical);
+with either, the output's "exactness" block gives the largest difference to the eager chunk for the same noise. The
+training step is `compute_loss` + backward + AdamW on the trainable Video Former and DiT, as
+step2_train_action_calvin.py runs it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,31 @@ def camera_images(policy, batch: int, rng: np.random.Generator) -> dict[str, np.
             for cam in policy.embodiment.cameras}
 
 
+def exactness(policy, obs: dict, instruction: str, device: torch.device) -> dict[str, float]:
+    """Largest |difference| between the chunks of the benchmarked settings and eager ones, for the same noise: drawn
+    from an explicit generator (noise made outside any graph) and from the default generator after the same
+    `torch.manual_seed` (noise drawn inside the chunk graph). Graph modes are exact (0.0); a compiled U-Net is close."""
+
+    def chunks() -> tuple[torch.Tensor, torch.Tensor]:
+        with_generator = policy.predict_action_chunk(obs, instruction, generator=torch.Generator(device).manual_seed(0))
+        policy.predict_action_chunk(obs, instruction)  # captures the graph of this call signature if needed
+        torch.manual_seed(1)
+        return with_generator, policy.predict_action_chunk(obs, instruction)
+
+    mode, compile_mode = policy.cuda_graph, policy.video_compile_mode
+    fast = chunks()
+    policy.cuda_graph = "off"
+    eager = chunks()
+    out = {f"max_abs_diff_vs_eager_{k}": float((a - b).abs().max()) for k, a, b in
+           zip(("same_generator", "same_seed"), fast, eager)}
+    if compile_mode is not None:
+        policy.compile_video_model(None)
+        out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
+        policy.compile_video_model(compile_mode)
+    policy.cuda_graph = mode
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["inference", "train"], default="inference")
@@ -64,8 +93,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--cuda-graph-sampler", action="store_true",
-                        help="inference: replay the action sampler from a CUDA graph (policy.cuda_graph_sampler)")
+    parser.add_argument("--cuda-graph", choices=["off", "sampler", "chunk"], default="off",
+                        help="inference: CUDA-graph replay of the sampler or of the whole chunk (policy.cuda_graph)")
+    parser.add_argument("--cuda-graph-sampler", dest="cuda_graph", action="store_const", const="sampler",
+                        help="same as --cuda-graph sampler")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="torch.compile the partial U-Net pass (policy.compile_video_model(MODE); MODE defaults "
+                             "to 'default')")
     parser.add_argument("--no-text-cache", action="store_true",
                         help="inference: re-encode the instruction every call (predict_action_chunk(cache_text=False))")
     args = parser.parse_args()
@@ -75,7 +109,9 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     policy = build_random_policy(device, args.tiny, dtypes[args.video_dtype])
-    policy.cuda_graph_sampler = args.cuda_graph_sampler
+    if args.compile is not None:
+        policy.compile_video_model(args.compile)
+    policy.cuda_graph = args.cuda_graph
     rng = np.random.default_rng(0)
     e = policy.embodiment
     instruction = "pull the handle to open the drawer"
@@ -120,6 +156,8 @@ def main() -> None:
         "time": timing,
         "peak_memory_gib": peak_memory_gib(device),
     }
+    if args.mode == "inference" and (args.cuda_graph != "off" or args.compile is not None):
+        result["exactness"] = exactness(policy, obs, instruction, device)
     if args.mode == "train":
         result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)
     emit(result)

@@ -70,7 +70,7 @@ class CheckpointPolicyFactory:
     def __call__(self, device: str):
         from policy_models.checkpoints import load_policy
 
-        return load_policy(
+        policy = load_policy(
             self.checkpoint_dir,
             video_model_path=self.video_model_path,
             clip_model_path=self.clip_model_path,
@@ -79,3 +79,6 @@ class CheckpointPolicyFactory:
             overrides=self.overrides,
             use_ema=self.use_ema,
         )
+        # one CUDA graph per chunk: bit-identical to eager, about 3x faster at batch 1 (docs/PERFORMANCE.md)
+        policy.cuda_graph = "chunk" if policy.device.type == "cuda" else "off"
+        return policy

@@ -189,10 +189,23 @@ class TVPEncoder(nn.Module):
         cache_text: bool = False,
     ) -> dict[str, torch.Tensor]:
         """The inputs of the single U-Net call: sample (B, F, 2*4, h, w), timestep, text tokens, added time ids."""
+        if len(texts) != images.shape[0]:
+            raise ValueError(f"got {images.shape[0]} images but {len(texts)} instructions")
+        return self.unet_inputs(images, self.encode_text(texts, cache=cache_text), generator=generator, noise=noise)
+
+    def unet_inputs(
+        self,
+        images: torch.Tensor,
+        text_tokens: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`prepare_unet_inputs` with the text tokens given: only shape-static device work once the scheduler
+        constants are cached, so it can run inside a CUDA graph (then with `generator` None: the noise comes from
+        the default CUDA generator)."""
         batch = images.shape[0]
-        if len(texts) != batch:
-            raise ValueError(f"got {batch} images but {len(texts)} instructions")
-        text_tokens = self.encode_text(texts, cache=cache_text)
+        if text_tokens.shape[0] != batch:
+            raise ValueError(f"got {batch} images but {text_tokens.shape[0]} rows of text tokens")
         image_latents = self.encode_images(images)
         if image_latents.shape[-1] != self.latent_size or image_latents.shape[-2] != self.latent_size:
             raise ValueError(
@@ -284,6 +297,45 @@ class TVPEncoder(nn.Module):
         features = torch.cat(taps, dim=1)
         return features.reshape(batch_size, num_frames, *features.shape[1:])
 
+    def compile_partial_unet(self, mode: str | None = "default", backend: str = "inductor") -> None:
+        """Run every U-Net pass of this encoder through `torch.compile(partial_unet, mode=mode, backend=backend)`
+        (`mode=None`: back to eager). Opt-in: inductor's kernels fuse and reorder floating-point work, so features are
+        numerically close to the eager ones but not bit-identical. `partial_unet` itself stays eager (the reference).
+        Shapes are static: each new batch size / camera count compiles once more."""
+        self.__dict__["_compiled_partial_unet"] = (
+            None if mode is None else torch.compile(self.partial_unet, mode=mode, backend=backend, dynamic=False)
+        )
+        self.__dict__["_compile_mode"] = mode
+
+    @property
+    def compile_mode(self) -> str | None:
+        """The `torch.compile` mode of the U-Net pass, None when it runs eagerly."""
+        return self.__dict__.get("_compile_mode")
+
+    def _autocast_off(self) -> torch.autocast:
+        device_type = self.device.type if self.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+        return torch.autocast(device_type=device_type, enabled=False)
+
+    @torch.no_grad()
+    def text_tokens(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
+        """`encode_text` as `forward` runs it: without grad, without autocast."""
+        with self._autocast_off():
+            return self.encode_text(texts, cache=cache)
+
+    @torch.no_grad()
+    def features(
+        self,
+        images: torch.Tensor,
+        text_tokens: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward` with the text tokens given (the part a whole-chunk CUDA graph captures)."""
+        with self._autocast_off():
+            inputs = self.unet_inputs(images, text_tokens, generator=generator, noise=noise)
+            unet_pass = self.__dict__.get("_compiled_partial_unet") or self.partial_unet
+            return unet_pass(**inputs)
+
     @torch.no_grad()
     def forward(
         self,
@@ -296,7 +348,6 @@ class TVPEncoder(nn.Module):
         """images (B, 3, H, W) in [-1, 1] at `resolution` (or (B, 4, h, w) scaled latents), one instruction per
         image -> features (B, num_frames, feature_dim, h', w') in the video dtype. `cache_text` (inference only)
         reuses the text tokens of instructions seen before."""
-        device_type = self.device.type if self.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
-        with torch.autocast(device_type=device_type, enabled=False):
-            inputs = self.prepare_unet_inputs(images, texts, generator=generator, noise=noise, cache_text=cache_text)
-            return self.partial_unet(**inputs)
+        if len(texts) != images.shape[0]:
+            raise ValueError(f"got {images.shape[0]} images but {len(texts)} instructions")
+        return self.features(images, self.text_tokens(texts, cache=cache_text), generator=generator, noise=noise)
