@@ -25,8 +25,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=6)
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16",
                         help="autocast dtype; weights and optimizer state stay fp32")
-    parser.add_argument("--checkpointing", choices=["none", "diffusers", "blocks"], default="blocks",
-                        help="diffusers = ResNet-level (what the original forced on); blocks = whole U-Net blocks")
+    parser.add_argument("--checkpointing", choices=["none", "diffusers", "blocks", "layers"], default="blocks",
+                        help="diffusers = ResNet-level (what the original forced on); blocks = whole U-Net blocks; "
+                             "layers = every ResNet and transformer")
     parser.add_argument("--optimizer", choices=["fused", "foreach", "per-tensor"], default="fused",
                         help="per-tensor = one param group per tensor and no foreach, like the original")
     parser.add_argument("--tiny", action="store_true", help="tiny U-Net from video_conf/tiny.yaml")

@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "validation_steps": 2000,
     "seed": 6,
     "mixed_precision": "auto",
-    "gradient_checkpointing": "blocks",  # none | diffusers (what the original forced) | blocks; true = blocks
+    "gradient_checkpointing": "blocks",  # none | diffusers (what the original forced) | blocks | layers; true = blocks
     "report_to": "wandb",  # wandb | none ; WANDB_MODE defaults to offline
     "train_args": {
         "project_name": "svd_xhand_cleancode",
@@ -319,8 +319,10 @@ def checkpointing_mode(value: Any) -> str:
     if value is False or value is None or str(value).lower() in ("false", "no", "none"):
         return "none"
     mode = str(value).lower()
-    if mode not in ("diffusers", "blocks"):
-        raise ConfigError(f"gradient_checkpointing must be none, diffusers, blocks, true or false, got {value!r}")
+    if mode not in ("diffusers", "blocks", "layers"):
+        raise ConfigError(
+            f"gradient_checkpointing must be none, diffusers, blocks, layers, true or false, got {value!r}"
+        )
     return mode
 
 
