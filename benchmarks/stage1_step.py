@@ -1,6 +1,6 @@
 """Stage-1 training step of the full-size SVD U-Net (random weights): time per step and peak memory.
 
-    python benchmarks/stage1_step.py --batch 6 --precision bf16 --checkpointing blocks
+    python benchmarks/stage1_step.py --batch 6 --precision bf16 --checkpointing layers
     python benchmarks/stage1_step.py --tiny --device cpu --batch 1     # smoke run on a laptop
 
 The step is the real training math (video_models.edm.video_diffusion_loss on 16x4x32x32 latents with text tokens
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=6)
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16",
                         help="autocast dtype; weights and optimizer state stay fp32")
-    parser.add_argument("--checkpointing", choices=["none", "diffusers", "blocks", "layers"], default="blocks",
+    parser.add_argument("--checkpointing", choices=["none", "diffusers", "blocks", "layers"], default="layers",
                         help="diffusers = ResNet-level (what the original forced on); blocks = whole U-Net blocks; "
                              "layers = every ResNet and transformer")
     parser.add_argument("--optimizer", choices=["fused", "foreach", "per-tensor"], default="fused",

@@ -16,8 +16,8 @@ What it does (original behaviour unless noted):
     diffusers) with the trained U-Net, plus training_state/ (accelerate save_state + trainer_state.json) for exact
     resume; only the newest `keep_training_states` training states are kept.
 
-Changes from the original: gradient checkpointing follows the config (it was forced on; default now "blocks", whole
-U-Net blocks, see docs/PERFORMANCE.md); fused AdamW on CUDA; mixed precision "auto"
+Changes from the original: gradient checkpointing follows the config (it was forced on; default now "layers", every
+ResNet and transformer of the U-Net, see docs/PERFORMANCE.md); fused AdamW on CUDA; mixed precision "auto"
 (bf16 where supported, else fp32) is the default and fp16/bf16/no are selectable; validation and sample generation use
 their own seeded generators, so they are identical at every evaluation and do not perturb the training RNG; the
 data set draw is seeded per (seed, epoch, index); `resume=latest` resumes exactly (same batches, same RNG); the run
@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "validation_steps": 2000,
     "seed": 6,
     "mixed_precision": "auto",
-    "gradient_checkpointing": "blocks",  # none | diffusers (what the original forced) | blocks | layers; true = blocks
+    "gradient_checkpointing": "layers",  # none | diffusers (what the original forced) | blocks | layers; true = layers
     "report_to": "wandb",  # wandb | none ; WANDB_MODE defaults to offline
     "train_args": {
         "project_name": "svd_xhand_cleancode",
@@ -313,9 +313,9 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------------------------------ helpers
 def checkpointing_mode(value: Any) -> str:
-    """Config value -> video_models.checkpointing mode; booleans (the original yaml's spelling) map to blocks/none."""
+    """Config value -> video_models.checkpointing mode; booleans (the original yaml's spelling) map to layers/none."""
     if value is True or str(value).lower() == "true":
-        return "blocks"
+        return "layers"
     if value is False or value is None or str(value).lower() in ("false", "no", "none"):
         return "none"
     mode = str(value).lower()

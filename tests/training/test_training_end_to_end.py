@@ -103,3 +103,20 @@ def test_tiny_xbot_train_and_predict(tiny_model_dirs, tmp_path):
            "state_obs": np.zeros((1, 38), dtype=np.float32)}
     chunk = policy.predict_action_chunk(obs, "put the bag into the box")
     assert chunk.shape == (1, 8, 38)
+
+
+def test_compile_video_model_key_compiles_the_frozen_unet_pass(calvin_root_session, tiny_model_dirs, tmp_path,
+                                                               monkeypatch):
+    from policy_models.policy import VPPPolicy
+
+    calls = []
+    monkeypatch.setattr(VPPPolicy, "compile_video_model", lambda self, mode="default", backend="inductor":
+                        calls.append(mode))
+    svd, clip = tiny_model_dirs
+    paths = [f"root_data_dir={calvin_root_session}", f"video_model_path={svd}", f"text_encoder_path={clip}"]
+    train(_cfg("tiny_calvin.yaml", tmp_path / "plain", *paths, "training.max_steps=1", "training.validate=false"),
+          dataset_factory=_data(2))
+    assert calls == []
+    train(_cfg("tiny_calvin.yaml", tmp_path / "compiled", *paths, "training.max_steps=1", "training.validate=false",
+               "training.compile_video_model=max-autotune-no-cudagraphs"), dataset_factory=_data(2))
+    assert calls == ["max-autotune-no-cudagraphs"]
