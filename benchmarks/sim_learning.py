@@ -157,6 +157,7 @@ def join_parts(export: Path, name: str, output: Path) -> Path:
     parts = sorted(export.glob(f"{name}.tar.part*"))
     if not parts:
         raise SystemExit(f"no {name}.tar.part* files in {export}")
+    output.mkdir(parents=True, exist_ok=True)
     tar_path = output / f"{name}.tar"
     with open(tar_path, "wb") as fh:
         for part in parts:
