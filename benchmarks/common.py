@@ -61,3 +61,12 @@ def peak_memory_gib(device: torch.device) -> float | None:
 
 def emit(result: dict[str, Any]) -> None:
     print(json.dumps(result, indent=2, default=str))
+
+
+def conv2d_channels_last(module: torch.nn.Module) -> int:
+    """Put every 2-D convolution weight of `module` in channels-last layout (the SVD U-Net also has 3-D
+    convolutions, which `module.to(memory_format=...)` rejects). Same math, other cuDNN kernels. Returns the count."""
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+    return len(convs)

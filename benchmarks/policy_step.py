@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.common import emit, environment, peak_memory_gib, time_fn
+from benchmarks.common import conv2d_channels_last, emit, environment, peak_memory_gib, time_fn
 
 
 def build_random_policy(device: torch.device, tiny: bool, video_dtype: torch.dtype):
@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the partial U-Net pass (policy.compile_video_model(MODE); MODE defaults "
                              "to 'default')")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="frozen U-Net and VAE weights in channels-last memory format (same math, other kernels)")
     parser.add_argument("--no-text-cache", action="store_true",
                         help="inference: re-encode the instruction every call (predict_action_chunk(cache_text=False))")
     args = parser.parse_args()
@@ -109,6 +111,9 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     policy = build_random_policy(device, args.tiny, dtypes[args.video_dtype])
+    if args.channels_last:
+        for module in (policy.tvp_encoder.unet, policy.tvp_encoder.vae):
+            conv2d_channels_last(module)
     if args.compile is not None:
         policy.compile_video_model(args.compile)
     policy.cuda_graph = args.cuda_graph

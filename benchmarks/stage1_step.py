@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from benchmarks.common import emit, environment, peak_memory_gib, time_fn
+from benchmarks.common import conv2d_channels_last, emit, environment, peak_memory_gib, time_fn
 from video_models.builders import build_unet, count_parameters
 from video_models.checkpointing import configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
@@ -30,6 +30,8 @@ def main() -> None:
                              "layers = every ResNet and transformer")
     parser.add_argument("--optimizer", choices=["fused", "foreach", "per-tensor"], default="fused",
                         help="per-tensor = one param group per tensor and no foreach, like the original")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (inductor, default mode)")
+    parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
     parser.add_argument("--tiny", action="store_true", help="tiny U-Net from video_conf/tiny.yaml")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=3)
@@ -47,6 +49,8 @@ def main() -> None:
         unet_cfg = None
     unet = build_unet(unet_cfg).to(device).train()
     configure_gradient_checkpointing(unet, args.checkpointing)
+    if args.channels_last:
+        conv2d_channels_last(unet)
     latent = unet.config.sample_size * 8 // 3 // 8
     frames = 16  # VPP's clip length; the U-Net config's num_frames (25 for the default) is not used by forward
     text_dim = unet.config.cross_attention_dim
@@ -70,9 +74,11 @@ def main() -> None:
     text = torch.randn(args.batch, 20, text_dim, generator=generator).to(device)
     time_ids = micro_conditioning(args.batch, 7, 127, 0.0, device, torch.float32)
 
+    model = torch.compile(unet) if args.compile else unet
+
     def step() -> None:
         with autocast():
-            loss = video_diffusion_loss(unet, latents, text, time_ids, 0.18215, generator=generator)
+            loss = video_diffusion_loss(model, latents, text, time_ids, 0.18215, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
