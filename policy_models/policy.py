@@ -530,9 +530,6 @@ class VPPPolicy(nn.Module):
     def _graphs(self) -> GraphCache:
         return self.__dict__.setdefault("_graph_cache", GraphCache())
 
-    # the name older tests inspect
-    _sampler_graphs = _graphs
-
     @property
     def video_compile_mode(self) -> str | None:
         return None if self.tvp_encoder is None else self.tvp_encoder.compile_mode

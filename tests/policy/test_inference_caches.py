@@ -126,5 +126,5 @@ def test_cuda_graph_sampler_is_opt_in_and_ignored_on_cpu(policy):
     ref = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(0))
     policy.cuda_graph_sampler = True
     out = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(0))
-    assert torch.equal(out, ref) and not policy._sampler_graphs
+    assert torch.equal(out, ref) and not policy._graphs
     assert "_cuda_graph_sampler" not in policy.state_dict()
