@@ -39,3 +39,14 @@ def tiny_robot_policy(tiny_model_dirs):
     )
     cfg.model.multistep = 4
     return build_policy(cfg, video_model_path=str(svd), clip_model_path=str(clip)).eval()
+
+
+@pytest.fixture()
+def policy(tiny_policy):
+    """A private copy of the tiny policy (its caches and graphs are per instance), with empty text caches."""
+    import copy
+
+    p = copy.deepcopy(tiny_policy)
+    p.tvp_encoder.clear_text_cache()
+    p.goal_encoder.clear_cache()
+    return p

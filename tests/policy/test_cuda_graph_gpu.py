@@ -3,19 +3,14 @@ bit-identical to eager chunks given the same noise / random state, and each repl
 
 import copy
 
-import numpy as np
 import pytest
 import torch
+
+from .helpers import calvin_obs
 
 pytestmark = pytest.mark.gpu
 
 TEXT = "open the drawer"
-
-
-def _calvin_obs(batch=1, seed=0):
-    rng = np.random.default_rng(seed)
-    return {"rgb_obs": {"rgb_static": rng.integers(0, 256, (batch, 200, 200, 3), dtype=np.uint8),
-                        "rgb_gripper": rng.integers(0, 256, (batch, 84, 84, 3), dtype=np.uint8)}}
 
 
 def _on_cuda(policy):
@@ -35,7 +30,7 @@ def _two_calls(policy, seed, obs, text):
 
 
 def test_chunk_graph_replays_the_eager_random_stream(gpu_policy):
-    p, obs = gpu_policy, _calvin_obs()
+    p, obs = gpu_policy, calvin_obs()
     p.cuda_graph = "off"
     e1, e2 = _two_calls(p, 0, obs, TEXT)
     assert not torch.allclose(e1, e2)
@@ -50,7 +45,7 @@ def test_chunk_graph_replays_the_eager_random_stream(gpu_policy):
     g3, _ = _two_calls(p, 1, obs, TEXT)
     assert not torch.allclose(g3, g1)
     # new inputs reach the graph (static buffers refreshed on every call)
-    other = _calvin_obs(seed=5)
+    other = calvin_obs(seed=5)
     p.cuda_graph = "off"
     ref, _ = _two_calls(p, 2, other, "lift the block")
     p.cuda_graph = "chunk"
@@ -61,7 +56,7 @@ def test_chunk_graph_replays_the_eager_random_stream(gpu_policy):
 
 @pytest.mark.parametrize("gen_device", ["cpu", "cuda"])
 def test_chunk_graph_with_an_explicit_generator_equals_eager(gpu_policy, gen_device):
-    p, obs, texts = gpu_policy, _calvin_obs(batch=2, seed=1), ["open the drawer", "push the block"]
+    p, obs, texts = gpu_policy, calvin_obs(batch=2, seed=1), ["open the drawer", "push the block"]
     p.cuda_graph = "off"
     ref = p.predict_action_chunk(obs, texts, generator=torch.Generator(gen_device).manual_seed(3))
     p.cuda_graph = "chunk"
@@ -98,7 +93,7 @@ def test_chunk_graph_with_robot_state_and_mixed_camera_inputs(tiny_robot_policy)
 
 
 def test_sampler_graph_equals_eager(gpu_policy):
-    p, obs = gpu_policy, _calvin_obs()
+    p, obs = gpu_policy, calvin_obs()
     p.cuda_graph = "off"
     e1, e2 = _two_calls(p, 0, obs, TEXT)
     p.cuda_graph = "sampler"
@@ -109,7 +104,7 @@ def test_sampler_graph_equals_eager(gpu_policy):
 
 def test_compiled_unet_in_the_chunk_graph_is_close_to_eager(tiny_policy):
     p = _on_cuda(tiny_policy)
-    obs, noise = _calvin_obs(), torch.randn(2, 16, 4, 8, 8, device="cuda")
+    obs, noise = calvin_obs(), torch.randn(2, 16, 4, 8, 8, device="cuda")
 
     def chunk():
         return p.predict_action_chunk(obs, TEXT, generator=torch.Generator("cuda").manual_seed(0), noise=noise)

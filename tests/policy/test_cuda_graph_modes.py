@@ -3,7 +3,6 @@ switches validate their values (CPU; the graphs themselves are checked in test_c
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from einops import rearrange
@@ -12,19 +11,7 @@ from policy_models.cuda_graph import GraphCache, input_signature, validate_mode
 from policy_models.datasets.base import preprocess_rgb
 from policy_models.diffusion.samplers import get_sampler, get_sigmas
 
-
-def _obs(batch=2, seed=0):
-    rng = np.random.default_rng(seed)
-    return {"rgb_obs": {"rgb_static": rng.integers(0, 256, (batch, 200, 200, 3), dtype=np.uint8),
-                        "rgb_gripper": rng.integers(0, 256, (batch, 84, 84, 3), dtype=np.uint8)}}
-
-
-@pytest.fixture()
-def policy(tiny_policy):
-    p = copy.deepcopy(tiny_policy)
-    p.tvp_encoder.clear_text_cache()
-    p.goal_encoder.clear_cache()
-    return p
+from .helpers import calvin_obs
 
 
 @torch.no_grad()
@@ -46,7 +33,7 @@ def _reference_chunk(policy, obs, texts, generator):
 
 
 def test_eager_chunk_is_bitwise_the_reference_composition(policy):
-    obs, texts = _obs(), ["open the drawer", "push the red block"]
+    obs, texts = calvin_obs(batch=2), ["open the drawer", "push the red block"]
     ref = _reference_chunk(policy, obs, texts, torch.Generator().manual_seed(4))
     for mode in ("off", "chunk"):  # graph modes are ignored on the CPU
         policy.cuda_graph = mode
@@ -58,7 +45,7 @@ def test_eager_chunk_is_bitwise_the_reference_composition(policy):
 
 
 def test_explicit_noise_and_default_generator_paths(policy):
-    obs, text = _obs(batch=1), "open the drawer"
+    obs, text = calvin_obs(batch=1), "open the drawer"
     noise = torch.randn(2, 16, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     a = policy.predict_action_chunk(obs, text, generator=torch.Generator().manual_seed(2), noise=noise)
     c = policy.predict_action_chunk(obs, text, generator=torch.Generator().manual_seed(2), noise=noise * 0.5)
@@ -71,7 +58,7 @@ def test_explicit_noise_and_default_generator_paths(policy):
 
 
 def test_prepare_images_matches_the_dataset_transform(policy):
-    raw = _obs(batch=2)["rgb_obs"]["rgb_gripper"]
+    raw = calvin_obs(batch=2)["rgb_obs"]["rgb_gripper"]
     ref = preprocess_rgb(torch.from_numpy(raw), policy.resolution)
     assert torch.equal(policy.prepare_images(raw), ref)
     assert torch.equal(policy.prepare_images(raw[0]), ref[:1])
@@ -115,7 +102,7 @@ def test_compile_modes_that_record_cuda_graphs_are_refused_with_the_chunk_graph(
 
 
 def test_compiled_unet_pass_is_used_and_can_be_turned_off(policy):
-    obs = _obs(batch=1)
+    obs = calvin_obs(batch=1)
     ref = policy.predict_action_chunk(obs, "x", generator=torch.Generator().manual_seed(0))
     calls = []
     unet_pass = policy.tvp_encoder.partial_unet
@@ -159,7 +146,7 @@ def test_graph_paths_with_faked_capture_equal_eager(policy, monkeypatch):
     monkeypatch.setattr(StaticGraph, "_capture", fake_capture)
     monkeypatch.setattr(StaticGraph, "_replay", lambda self: self.output.copy_(self.fn(*self.static_inputs)))
     monkeypatch.setattr(type(policy), "_graphable", lambda self, t: not self.training)
-    first, second = _obs(batch=1, seed=0), _obs(batch=1, seed=1)
+    first, second = calvin_obs(batch=1, seed=0), calvin_obs(batch=1, seed=1)
 
     def chunk(obs, text, seed):
         return policy.predict_action_chunk(obs, text, generator=torch.Generator().manual_seed(seed))

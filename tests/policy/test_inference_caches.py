@@ -1,26 +1,10 @@
 """The inference fast paths (cached scheduler constants, per-instruction text caches, deduplicated text encoding)
 give the same outputs as the plain path, and are never used in training."""
 
-import copy
 
-import numpy as np
-import pytest
 import torch
 
-
-def _obs(batch=1, seed=0):
-    rng = np.random.default_rng(seed)
-    return {"rgb_obs": {"rgb_static": rng.integers(0, 256, (batch, 200, 200, 3), dtype=np.uint8),
-                        "rgb_gripper": rng.integers(0, 256, (batch, 84, 84, 3), dtype=np.uint8)}}
-
-
-@pytest.fixture()
-def policy(tiny_policy):
-    """A private copy (the caches are per instance), with empty caches."""
-    p = copy.deepcopy(tiny_policy)
-    p.tvp_encoder.clear_text_cache()
-    p.goal_encoder.clear_cache()
-    return p
+from .helpers import calvin_obs
 
 
 def test_scheduler_constants_are_bitwise_the_schedulers(policy):
@@ -97,7 +81,7 @@ def test_caches_invalidate_on_dtype_change(policy):
 
 
 def test_predict_action_chunk_cached_equals_plain(policy):
-    obs = _obs(batch=2)
+    obs = calvin_obs(batch=2)
     texts = ["open the drawer", "push the block"]
     plain = policy.predict_action_chunk(obs, texts, generator=torch.Generator().manual_seed(0), cache_text=False)
     assert not policy.tvp_encoder.text_cache.rows and not policy.goal_encoder.text_cache.rows
@@ -122,7 +106,7 @@ def test_compute_loss_does_not_use_the_caches(policy):
 
 def test_cuda_graph_sampler_is_opt_in_and_ignored_on_cpu(policy):
     assert policy.cuda_graph_sampler is False
-    obs = _obs()
+    obs = calvin_obs()
     ref = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(0))
     policy.cuda_graph_sampler = True
     out = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(0))
