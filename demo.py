@@ -47,11 +47,6 @@ def skip(title: str, reason: str, timings: dict[str, float]) -> None:
     timings[title] = 0.0
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
-
-
 def run_demo(cfg: DictConfig) -> dict:
     out = (REPO / cfg.output_dir).resolve() if not Path(cfg.output_dir).is_absolute() else Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,9 +91,12 @@ def run_demo(cfg: DictConfig) -> dict:
                           f"train_args.dataset={DATASET_NAME}", "train_args.prob=[1.0]", f"run_dir={video_run}",
                           f"max_train_steps={int(vm.train_steps)}", f"train_batch_size={int(vm.batch_size)}",
                           f"seed={int(cfg.seed)}", "resume=latest"], timings)
-    video_model = latest_checkpoint(video_run)
-    if video_model is None:
+    from video_models.training import list_checkpoints
+
+    checkpoints = list_checkpoints(video_run)
+    if not checkpoints:
         raise SystemExit(f"demo stopped: no checkpoint-* folder in {video_run}")
+    video_model = checkpoints[-1]
 
     val_ids = sorted(int(p.stem) for p in (dataset / "annotation" / "val").glob("*.json"))[:2]
     prediction_dir = out / "prediction"

@@ -50,11 +50,6 @@ def run(title: str, args: list[str], log: dict) -> None:
         raise SystemExit(f"'{title}' failed with exit code {result.returncode}")
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return found[-1] if found else None
-
-
 def export_parts(src: Path, export: Path, name: str) -> list[str]:
     """tar `src` into export/name.tar.partNN files of at most PART_BYTES (the transfer limit per file)."""
     export.mkdir(parents=True, exist_ok=True)
@@ -114,7 +109,9 @@ def cmd_train(args: argparse.Namespace) -> None:
              f"train_args.clip_model_path={clip}", f"train_args.dataset_dir={data_root}",
              f"train_args.dataset={DATASET_NAME}", "train_args.prob=[1.0]", f"run_dir={video_run}",
              f"max_train_steps={args.stage1_steps}", f"seed={args.seed}", "resume=latest", *args.stage1_overrides], log)
-    video_model = latest_checkpoint(video_run)
+    from video_models.training import list_checkpoints
+
+    video_model = list_checkpoints(video_run)[-1]  # the newest stage-1 checkpoint (the run above ends with one)
     if not (export / "video.tar.part00").exists():
         staging = work / "export_video"
         if staging.exists():
