@@ -121,6 +121,8 @@ def unpack(archive: str | Path, output: str | Path, workers: int = 1, annotation
         raise ValueError(f"{manifest_file}: archive version {manifest.get('version')}, expected {ARCHIVE_VERSION}")
     plan = json.loads((archive / "plan.json").read_text())
     work = output / ".work"
+    if (output / "training" / "ep_start_end_ids.npy").exists() and not work.exists():
+        raise FileExistsError(f"{output} already holds a finished dataset; choose a new --output")
     (work / "episodes").mkdir(parents=True, exist_ok=True)
     shutil.copy(archive / "plan.json", work / "plan.json")
     todo = [e for e in manifest["episodes"] if not (work / "episodes" / f"{e['name']}.npz").exists()]

@@ -64,6 +64,8 @@ def test_round_trip(generated):
     rebuilt = root / "rebuilt"
     assert unpack(root / "archive", rebuilt, workers=2)["episodes"] == {"train": 3, "val": 1}
     assert not (rebuilt / ".work").exists()
+    with pytest.raises(FileExistsError, match="finished dataset"):
+        unpack(root / "archive", rebuilt)
     for split in ("training", "validation"):
         a, b = _frames(original / split), _frames(rebuilt / split)
         assert a.keys() == b.keys() and len(a) > 50
