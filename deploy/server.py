@@ -393,9 +393,8 @@ def load_server_policy(checkpoint: str, video_model_path: str | None = None, cli
     load_policy = importlib.import_module("policy_models.checkpoints").load_policy  # heavy: only when serving a model
     policy = load_policy(checkpoint, video_model_path=video_model_path, clip_model_path=clip_model_path,
                          device=device, use_ema=use_ema)
-    # one CUDA graph per chunk (bit-identical to eager, docs/PERFORMANCE.md); inference runs under the server's lock,
-    # so the first request's capture never overlaps other CUDA work of this process
-    policy.cuda_graph = "chunk" if policy.device.type == "cuda" else "off"
+    # inference runs under the server's lock, so the first request's graph capture overlaps no other CUDA work
+    policy.use_fastest_exact_inference()
     return policy
 
 

@@ -163,3 +163,9 @@ def test_graph_paths_with_faked_capture_equal_eager(policy, monkeypatch):
     assert torch.equal(chunk(first, "open the drawer", 0), refs[0])
     assert torch.equal(chunk(second, "lift the block", 1), refs[1])
     assert captured[1:] == [2] and len(policy._graphs) == 1  # (context, x)
+
+
+def test_fastest_exact_inference_is_eager_on_the_cpu(policy):
+    policy.cuda_graph = "sampler"
+    policy.use_fastest_exact_inference()
+    assert policy.cuda_graph == "off"
