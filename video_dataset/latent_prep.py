@@ -88,6 +88,23 @@ def encode_video_frames(vae, frames: np.ndarray, options: EncodeOptions, key: st
     )
 
 
+LATENT_STD_RANGE = (0.3, 3.0)
+
+
+def check_latent_scale(latent: torch.Tensor, vae, report: PrepareReport) -> None:
+    """Warn when the scaled latents are far from unit variance (SVD's released autoencoder gives about 1): a randomly
+    initialised autoencoder gives about 0.04, and stage 1 then learns nothing about the conditioning image."""
+    std = float(latent.float().std())
+    lo, hi = LATENT_STD_RANGE
+    if not lo <= std <= hi:
+        message = (f"scaled latents have std {std:.3f} (expected about 1 with scaling_factor "
+                   f"{vae.config.scaling_factor}); a random or untrained autoencoder? Fit and calibrate it first: "
+                   "python -m video_models.vae_fit --pretrained_model_path <svd folder> --dataset_dir <data> "
+                   "--resolution <R>, then re-encode with --overwrite")
+        report.warnings.append(message)
+        log.warning(message)
+
+
 def discover_splits(root: Path, annotation_name: str) -> list[str]:
     folder = root / annotation_name
     if not folder.is_dir():
@@ -154,6 +171,8 @@ def prepare_episode(
             report.failed.append((str(exc.path), exc.reason))
             return
         latent = encode_video_frames(vae, frames, options, f"{split}/{episode}/{cam}")
+        if not report.encoded and cam == 0:
+            check_latent_scale(latent, vae, report)
         atomic_torch_save(latent.contiguous(), out_root / rel_latent)
         latent_entries.append({"latent_video_path": rel_latent})
         lengths.append(int(latent.shape[0]))

@@ -195,3 +195,22 @@ def test_hdf5_import(tmp_path, tiny_vae):
     assert parse_state_spec("a[:7], b[12:],c") == [("a", slice(None, 7)), ("b", slice(12, None)), ("c", slice(None))]
     with pytest.raises(ValueError, match="cannot parse state spec"):
         parse_state_spec("a[1:2:3]")
+
+
+def test_off_scale_latents_are_reported_once_and_calibrated_ones_are_not(tmp_path, tiny_model_dirs):
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from video_models.vae_fit import calibrate_latent_scale
+
+    root = write_video_dataset(tmp_path, "ds", {"train": [(8, 48, 48), (8, 48, 48)]})
+    random_vae = AutoencoderKLTemporalDecoder.from_pretrained(tiny_model_dirs[0], subfolder="vae").eval()
+    report = prepare_dataset(root, random_vae, out_root=tmp_path / "a", options=EncodeOptions(resolution=64),
+                             progress=False)
+    scale_warnings = [w for w in report.warnings if "scaled latents have std" in w]
+    assert len(scale_warnings) == 1 and "video_models.vae_fit" in scale_warnings[0]
+
+    frames = torch.from_numpy(moving_square_video(16, 64, 64)).permute(0, 3, 1, 2).contiguous()
+    calibrate_latent_scale(random_vae, frames)
+    report = prepare_dataset(root, random_vae, out_root=tmp_path / "b", options=EncodeOptions(resolution=64),
+                             progress=False)
+    assert not [w for w in report.warnings if "scaled latents have std" in w]
