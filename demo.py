@@ -5,7 +5,8 @@
 
 Stages (each one is the real command-line tool, printed before it runs, so you can rerun or scale any of them):
   1. record scripted demonstrations in the simulator (CALVIN format + stage-1 video layout)
-  2. build a tiny random video model and CLIP text model (no downloads)
+  2. build a tiny random video model and CLIP text model (no downloads), then fit its autoencoder to the recorded
+     frames and calibrate the latent scale (what SVD's pretrained autoencoder brings)  python -m video_models.vae_fit
   3. encode the videos into VAE latents                                     step1_prepare_latent_data.py
   4. fine-tune the video model (text-guided video prediction)               step1_train_svd.py
   5. write a prediction video (ground truth over prediction)                 make_prediction.py
@@ -76,6 +77,16 @@ def run_demo(cfg: DictConfig) -> dict:
                                 f"print(*m(sys.argv[1], sys.argv[2], seed={int(cfg.seed)}))", str(models),
                           str(REPO / vm.config)], timings)
     resolution = load_config(REPO / vm.config).model.unet.sample_size * 8 // 3
+
+    title = "2b. fit the tiny autoencoder to the recorded frames and calibrate its latent scale"
+    from video_models.vae_fit import FIT_RECORD
+
+    if (svd_dir / FIT_RECORD).exists():
+        skip(title, f"{svd_dir / FIT_RECORD} exists", timings)
+    else:
+        run_stage(title, ["-m", "video_models.vae_fit", "--pretrained_model_path", str(svd_dir), "--dataset_dir",
+                          str(dataset), "--resolution", str(resolution), "--steps", str(int(vm.autoencoder_steps)),
+                          "--batch_size", "4", "--device", "cpu", "--seed", str(cfg.seed)], timings)
 
     run_stage("3. encode the videos into VAE latents",
               ["step1_prepare_latent_data.py", "videos", "--pretrained_model_path", str(svd_dir), "--dataset_dir",

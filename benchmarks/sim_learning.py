@@ -11,11 +11,13 @@ files; so the experiment is split into three steps on two machines (docs/PERFORM
                python policy_evaluation/calvin_evaluate.py --env sim --action_model_folder R/policy \
                    --video_model_path R/video/svd --clip_model_path R/video/clip ...
 
-`train` runs the real command-line tools (vpp_sim.archive unpack, step1_prepare_latent_data.py, step1_train_svd.py,
-step2_train_action_calvin.py) and skips what is already done, so a second call continues where a time limit stopped
-the first. The random models (video_conf/small_sim.yaml) are built there from a seed. What has to travel back (the
-video model with its trained U-Net in fp16, CLIP, the policy checkpoint, logs) is written to --export as tar files
-split into parts of at most 15 MiB (the transfer limit per file); `assemble` joins them.
+`train` runs the real command-line tools (vpp_sim.archive unpack, video_models.vae_fit, step1_prepare_latent_data.py,
+step1_train_svd.py, step2_train_action_calvin.py) and skips what is already done, so a second call continues where a
+time limit stopped the first. The random models (video_conf/small_sim.yaml) are built there from a seed, and their
+autoencoder is fitted to the demonstrations' frames first (it stands in for SVD's pretrained one; see
+video_models/vae_fit.py). What has to travel back (the video model with its trained U-Net in fp16, CLIP, the policy
+checkpoint, logs) is written to --export as tar files split into parts of at most 15 MiB (the transfer limit per
+file); `assemble` joins them.
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         run("pack the stage-2 frames into memory-mapped arrays",
             ["-m", "policy_models.datasets.pack_calvin", "--root", str(dataset), "--lang_folder", "lang_annotations",
              "--workers", str(args.workers), "--no_progress"], log)
+    from video_models.vae_fit import FIT_RECORD
+
+    if not (svd / FIT_RECORD).exists():
+        run("fit and calibrate the random autoencoder (stands in for SVD's pretrained one)",
+            ["-m", "video_models.vae_fit", "--pretrained_model_path", str(svd), "--dataset_dir", str(dataset),
+             "--resolution", "128", "--steps", str(args.autoencoder_steps), "--seed", str(args.seed), "--device",
+             args.device, "--no_progress"], log)
     marker = work / "latents.done"
     if not marker.exists():
         run("encode the videos into VAE latents",
@@ -190,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--export", required=True)
     t.add_argument("--stage1-steps", type=int, default=3000)
     t.add_argument("--stage2-steps", type=int, default=2500)
+    t.add_argument("--autoencoder-steps", type=int, default=1500,
+                   help="video_models.vae_fit steps for the random autoencoder before the latents are encoded")
     t.add_argument("--until", choices=["stage1", "stage2"], default="stage2")
     t.add_argument("--workers", type=int, default=8)
     t.add_argument("--seed", type=int, default=0)

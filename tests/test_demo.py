@@ -14,6 +14,7 @@ SMOKE = [
     "simulator.episodes_per_task=2",
     "simulator.val_fraction=0.5",
     "simulator.workers=1",
+    "video_model.autoencoder_steps=2",
     "video_model.train_steps=2",
     "video_model.prediction_steps=2",
     "action_model.max_steps=4",
@@ -31,6 +32,8 @@ def test_demo_runs_every_stage(tmp_path):
     assert (tmp_path / "demo" / "summary.json").is_file()
     assert (tmp_path / "demo" / "data" / "tabletop" / "training" / "ep_start_end_ids.npy").is_file()
     assert summary["video_model"].endswith("checkpoint-2")
+    fit = json.loads((tmp_path / "demo" / "models" / "tiny-svd" / "vae_fit.json").read_text())
+    assert fit["steps"] == 2 and abs(fit["scaled_latent_std_after"] - 1.0) < 1e-2
     prediction = read_video(summary["prediction_videos"][0])
     assert prediction.shape[1] == 2 * 64  # ground truth row over prediction row, 64 px tiny model
     rollout = read_video(summary["rollout_videos"][0])
@@ -42,3 +45,5 @@ def test_demo_runs_every_stage(tmp_path):
     again = demo.run_demo(cfg)
     assert again["seconds_per_stage"]["1. record demonstrations in the simulator"] == 0.0
     assert again["seconds_per_stage"]["4. train the video model"] == 0.0
+    assert again["seconds_per_stage"]["2b. fit the tiny autoencoder to the recorded frames and calibrate its latent "
+                                      "scale"] == 0.0
