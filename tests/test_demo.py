@@ -14,7 +14,7 @@ SMOKE = [
     "simulator.episodes_per_task=2",
     "simulator.val_fraction=0.5",
     "simulator.workers=1",
-    "video_model.autoencoder_steps=2",
+    "video_model.autoencoder_steps=1",
     "video_model.train_steps=2",
     "video_model.prediction_steps=2",
     "action_model.max_steps=4",
@@ -33,7 +33,7 @@ def test_demo_runs_every_stage(tmp_path):
     assert (tmp_path / "demo" / "data" / "tabletop" / "training" / "ep_start_end_ids.npy").is_file()
     assert summary["video_model"].endswith("checkpoint-2")
     fit = json.loads((tmp_path / "demo" / "models" / "tiny-svd" / "vae_fit.json").read_text())
-    assert fit["steps"] == 2 and abs(fit["scaled_latent_std_after"] - 1.0) < 1e-2
+    assert fit["steps"] == 1 and abs(fit["scaled_latent_std_after"] - 1.0) < 1e-2
     prediction = read_video(summary["prediction_videos"][0])
     assert prediction.shape[1] == 2 * 64  # ground truth row over prediction row, 64 px tiny model
     rollout = read_video(summary["rollout_videos"][0])
