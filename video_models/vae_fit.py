@@ -19,7 +19,7 @@ Two steps:
     python -m video_models.vae_fit --pretrained_model_path models/small-svd --dataset_dir data/tabletop \
         --resolution 128 --steps 1500
 
-The folder's vae/ is rewritten in place (atomically); rerun step1_prepare_latent_data.py afterwards.
+The folder's vae/ is replaced in place; rerun step1_prepare_latent_data.py afterwards.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-
-log = logging.getLogger(__name__)
 
 FIT_RECORD = "vae_fit.json"
 
@@ -144,15 +142,17 @@ def fit_autoencoder(vae, clips: torch.Tensor, steps: int, batch_size: int = 16, 
 
 
 def save_vae_in_place(vae, model_dir: Path) -> None:
-    """Replace `model_dir/vae` with `vae` (written beside it first, so a crash leaves the old one)."""
-    target = model_dir / "vae"
+    """Replace `model_dir/vae` with `vae`. The new one is written beside it first and the old one is moved to
+    `vae.replaced` until the swap is done, so a crash at any point leaves a complete autoencoder on disk."""
+    target, previous = model_dir / "vae", model_dir / "vae.replaced"
     with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
         staging = Path(tmp) / "vae"
         vae.save_pretrained(staging, safe_serialization=True)
-        old = Path(tmp) / "old"
-        target.rename(old)
+        if previous.exists():
+            shutil.rmtree(previous)
+        target.rename(previous)
         staging.rename(target)
-        shutil.rmtree(old)
+    shutil.rmtree(previous)
 
 
 def fit_and_calibrate(model_dir: str | Path, dataset_dir: str | Path, resolution: int, steps: int,
