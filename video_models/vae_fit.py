@@ -62,7 +62,7 @@ def list_train_videos(dataset_dir: str | Path, annotation_name: str = "annotatio
 def load_clips(videos: list[Path], resolution: int, clip_length: int, clips_per_video: int,
                seed: int = 0, progress: bool = True) -> torch.Tensor:
     """`clips_per_video` runs of `clip_length` consecutive frames from each video, resized like the stage-1 latents:
-    uint8 (N, clip_length, 3, R, R)."""
+    uint8 (N, clip_length, R, R, 3), the layout video files are read in."""
     from video_dataset.transforms import preprocess_frames, to_uint8_frames
     from vpp_core.video_io import read_video
 
@@ -75,21 +75,19 @@ def load_clips(videos: list[Path], resolution: int, clip_length: int, clips_per_
         starts = rng.integers(0, len(frames) - clip_length + 1, size=clips_per_video)
         picked = np.concatenate([frames[s : s + clip_length] for s in starts])
         resized = preprocess_frames(picked, resolution)
-        clips.append(torch.from_numpy(to_uint8_frames(resized, (-1.0, 1.0))).permute(0, 3, 1, 2)
-                     .reshape(clips_per_video, clip_length, 3, resolution, resolution))
+        clips.append(torch.from_numpy(to_uint8_frames(resized, (-1.0, 1.0)))
+                     .reshape(clips_per_video, clip_length, resolution, resolution, 3))
     return torch.cat(clips)
-
-
-def _to_model_range(frames: torch.Tensor) -> torch.Tensor:
-    return frames.float().div(127.5).sub(1.0)
 
 
 @torch.no_grad()
 def scaled_latent_std(vae, frames: torch.Tensor, batch_size: int = 64) -> float:
-    """Standard deviation of the scaled posterior means (what stage 1 denoises) over uint8 frames (N, 3, R, R)."""
+    """Standard deviation of the scaled posterior means (what stage 1 denoises) over uint8 frames (N, R, R, 3)."""
+    from video_dataset.transforms import to_model_range
+
     means = []
     for i in range(0, len(frames), batch_size):
-        x = _to_model_range(frames[i : i + batch_size]).to(vae.device, vae.dtype)
+        x = to_model_range(frames[i : i + batch_size]).to(vae.device, vae.dtype)
         means.append(vae.encode(x).latent_dist.mean.float().cpu())
     return float(torch.cat(means).std()) * float(vae.config.scaling_factor)
 
@@ -113,8 +111,10 @@ def calibrate_latent_scale(vae, frames: torch.Tensor, target_std: float = 1.0) -
 
 def fit_autoencoder(vae, clips: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 5e-4,
                     kl_weight: float = 1e-6, seed: int = 0, progress: bool = True) -> list[float]:
-    """Train encoder and decoder on uint8 clips (N, T, 3, R, R): reconstruct each clip through a posterior sample,
+    """Train encoder and decoder on uint8 clips (N, T, R, R, 3): reconstruct each clip through a posterior sample,
     decoding its T frames together (the temporal decoder mixes neighbouring frames). Returns the loss every step."""
+    from video_dataset.transforms import to_model_range
+
     device = vae.device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -126,7 +126,7 @@ def fit_autoencoder(vae, clips: torch.Tensor, steps: int, batch_size: int = 16, 
     bar = tqdm(range(steps), desc="fitting the autoencoder", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(clips), (batch_size,), generator=generator)
-        x = _to_model_range(clips[idx].flatten(0, 1)).to(device)
+        x = to_model_range(clips[idx].flatten(0, 1)).to(device)
         with autocast:
             posterior = vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn_like(posterior.mean)

@@ -209,7 +209,7 @@ def test_off_scale_latents_are_reported_once_and_calibrated_ones_are_not(tmp_pat
     scale_warnings = [w for w in report.warnings if "scaled latents have std" in w]
     assert len(scale_warnings) == 1 and "video_models.vae_fit" in scale_warnings[0]
 
-    frames = torch.from_numpy(moving_square_video(16, 64, 64)).permute(0, 3, 1, 2).contiguous()
+    frames = torch.from_numpy(moving_square_video(16, 64, 64))
     calibrate_latent_scale(random_vae, frames)
     report = prepare_dataset(root, random_vae, out_root=tmp_path / "b", options=EncodeOptions(resolution=64),
                              progress=False)
