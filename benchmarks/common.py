@@ -70,3 +70,40 @@ def conv2d_channels_last(module: torch.nn.Module) -> int:
     for conv in convs:
         conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
     return len(convs)
+
+
+def add_backend_arguments(parser) -> None:
+    """Flags every GPU harness shares: cuDNN autotuning and a kernel-level profile of the timed function."""
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark = True: time every convolution algorithm once per shape "
+                             "and keep the fastest (same math, other kernels)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also run the timed function under torch.profiler and report its N most expensive "
+                             "GPU kernels (not part of the timing)")
+
+
+def configure_backends(args) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
+
+
+def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters: int = 3) -> dict[str, Any]:
+    """GPU time per kernel over `iters` calls of `fn`, grouped by kernel name: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        for _ in range(iters):
+            fn()
+        synchronize(device)
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total_us = sum(e.self_device_time_total for e in events) or 1.0
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    return {
+        "gpu_ms_per_call": total_us / 1000 / iters,
+        "kernels": [{"name": e.key[:120], "ms_per_call": e.self_device_time_total / 1000 / iters,
+                     "share": e.self_device_time_total / total_us, "calls": e.count // iters}
+                    for e in events[:top]],
+    }

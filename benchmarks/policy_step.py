@@ -4,6 +4,7 @@
     python benchmarks/policy_step.py --mode inference --batch 1 --cuda-graph chunk --compile
     python benchmarks/policy_step.py --mode train --batch 32 --precision bf16
     python benchmarks/policy_step.py --tiny --device cpu --mode inference      # smoke run on a laptop
+    python benchmarks/policy_step.py --size small_sim --mode train --batch 64  # the simulator experiment's models
 
 The full-size model is the CALVIN configuration (policy_conf/model/calvin.yaml: 2 cameras, 10 x 7 actions) on a
 random full-size SVD U-Net/VAE (fp16, as released) and a random CLIP ViT-B/32 text tower. Inference is
@@ -23,10 +24,26 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.common import conv2d_channels_last, emit, environment, peak_memory_gib, time_fn
+from benchmarks.common import (
+    add_backend_arguments,
+    configure_backends,
+    conv2d_channels_last,
+    emit,
+    environment,
+    kernel_profile,
+    peak_memory_gib,
+    time_fn,
+)
 
 
-def build_random_policy(device: torch.device, tiny: bool, video_dtype: torch.dtype):
+MODEL_CONFIGS = {
+    # size: (video model config, policy model config); full size is built from the defaults plus a 512-d CLIP
+    "tiny": ("video_conf/tiny.yaml", "policy_conf/model/tiny.yaml"),
+    "small_sim": ("video_conf/small_sim.yaml", "policy_conf/model/small_sim.yaml"),
+}
+
+
+def build_random_policy(device: torch.device, size: str, video_dtype: torch.dtype):
     from policy_models.goal_encoder import GoalEncoder
     from policy_models.policy import VPPPolicy
     from policy_models.tvp_encoder import TVPEncoder
@@ -34,9 +51,10 @@ def build_random_policy(device: torch.device, tiny: bool, video_dtype: torch.dty
     from vpp_core.config import load_config
 
     torch.manual_seed(0)
-    if tiny:
-        vm_cfg = load_config("video_conf/tiny.yaml").model
-        cfg = OmegaConf.load("policy_conf/model/tiny.yaml")
+    if size in MODEL_CONFIGS:
+        video_yaml, policy_yaml = MODEL_CONFIGS[size]
+        vm_cfg = load_config(video_yaml).model
+        cfg = OmegaConf.load(policy_yaml)
     else:
         vm_cfg = {"text_encoder": {"projection_dim": 512}}
         cfg = OmegaConf.load("policy_conf/model/calvin.yaml")
@@ -89,7 +107,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16",
                         help="training autocast dtype (the frozen video model is fp16 in both modes)")
     parser.add_argument("--video-dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
-    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--size", choices=["full", *MODEL_CONFIGS], default="full",
+                        help="model sizes: full (CALVIN configuration), small_sim (the simulator experiment's), tiny")
+    parser.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="same as --size tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
@@ -104,13 +124,13 @@ def main() -> None:
                         help="frozen U-Net and VAE weights in channels-last memory format (same math, other kernels)")
     parser.add_argument("--no-text-cache", action="store_true",
                         help="inference: re-encode the instruction every call (predict_action_chunk(cache_text=False))")
+    add_backend_arguments(parser)
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    configure_backends(args)
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    policy = build_random_policy(device, args.tiny, dtypes[args.video_dtype])
+    policy = build_random_policy(device, args.size, dtypes[args.video_dtype])
     if args.channels_last:
         for module in (policy.tvp_encoder.unet, policy.tvp_encoder.vae):
             conv2d_channels_last(module)
@@ -165,6 +185,8 @@ def main() -> None:
         result["exactness"] = exactness(policy, obs, instruction, device)
     if args.mode == "train":
         result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)
+    if args.profile:
+        result["profile"] = kernel_profile(run, device, args.profile)
     emit(result)
 
 

@@ -2,9 +2,10 @@
 
     python benchmarks/stage1_step.py --batch 6 --precision bf16 --checkpointing layers
     python benchmarks/stage1_step.py --tiny --device cpu --batch 1     # smoke run on a laptop
+    python benchmarks/stage1_step.py --size small_sim --batch 16 --checkpointing none   # the simulator experiment's
 
 The step is the real training math (video_models.edm.video_diffusion_loss on 16x4x32x32 latents with text tokens
-20x1024), AdamW (lr 5e-6, wd 0) and gradient clipping 1.0, exactly what step1_train_svd.py runs per batch.
+20x1024 at full size), AdamW (lr 5e-6, wd 0) and gradient clipping 1.0, exactly what step1_train_svd.py runs per batch.
 """
 
 from __future__ import annotations
@@ -14,10 +15,21 @@ import contextlib
 
 import torch
 
-from benchmarks.common import conv2d_channels_last, emit, environment, peak_memory_gib, time_fn
+from benchmarks.common import (
+    add_backend_arguments,
+    configure_backends,
+    conv2d_channels_last,
+    emit,
+    environment,
+    kernel_profile,
+    peak_memory_gib,
+    time_fn,
+)
 from video_models.builders import build_unet, count_parameters
 from video_models.checkpointing import configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
+
+SMALL_CONFIGS = {"tiny": "video_conf/tiny.yaml", "small_sim": "video_conf/small_sim.yaml"}
 
 
 def main() -> None:
@@ -32,26 +44,28 @@ def main() -> None:
                         help="per-tensor = one param group per tensor and no foreach, like the original")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (inductor, default mode)")
     parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
-    parser.add_argument("--tiny", action="store_true", help="tiny U-Net from video_conf/tiny.yaml")
+    parser.add_argument("--size", choices=["full", *SMALL_CONFIGS], default="full",
+                        help="U-Net size: full (SVD), small_sim (video_conf/small_sim.yaml) or tiny (video_conf/tiny.yaml)")
+    parser.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="same as --size tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    add_backend_arguments(parser)
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    if args.tiny:
+    configure_backends(args)
+    if args.size in SMALL_CONFIGS:
         from vpp_core.config import load_config
 
-        unet_cfg = load_config("video_conf/tiny.yaml").model.unet
+        video_cfg = load_config(SMALL_CONFIGS[args.size])
+        unet_cfg, latent = video_cfg.model.unet, int(video_cfg.train_args.height) // 8
     else:
-        unet_cfg = None
+        unet_cfg, latent = None, 32  # 256 x 256 video, as step1_train_svd.py trains it
     unet = build_unet(unet_cfg).to(device).train()
     configure_gradient_checkpointing(unet, args.checkpointing)
     if args.channels_last:
         conv2d_channels_last(unet)
-    latent = unet.config.sample_size * 8 // 3 // 8
     frames = 16  # VPP's clip length; the U-Net config's num_frames (25 for the default) is not used by forward
     text_dim = unet.config.cross_attention_dim
 
@@ -89,6 +103,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_fn(step, device, args.warmup, args.iters)
+    profile = {"profile": kernel_profile(step, device, args.profile)} if args.profile else {}
     emit({
         "benchmark": "stage1_train_step",
         "settings": {**vars(args), "latent": [frames, 4, latent, latent], "text_tokens": [20, text_dim]},
@@ -97,6 +112,7 @@ def main() -> None:
         "step": timing,
         "samples_per_s": args.batch / (timing["median_ms"] / 1000),
         "peak_memory_gib": peak_memory_gib(device),
+        **profile,
     })
 
 

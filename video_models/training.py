@@ -45,6 +45,7 @@ from video_models.checkpointing import configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
 from video_models.text_conditioning import drop_text_embeddings, encode_text
 from vpp_core.config import ConfigError, save_config
+from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl, atomic_json_dump
 from vpp_core.precision import mixed_precision_name, resolve_dtype
 from vpp_core.seeding import seed_everything
@@ -544,10 +545,11 @@ class Stage1Trainer:
         window: list[torch.Tensor] = []  # per-batch losses, kept on the device: one sync per log, not per step
         steps_in_window, clock, busy = 0, time.perf_counter(), 0.0  # busy: validation/checkpoint seconds
         last_saved = self.global_step if self.resume_from is not None else None
+        batches = InputWaitMeter(self.train_loader)
         while self.global_step < max_steps:
             epoch, skip = divmod(self.batches_seen, batches_per_epoch)
             self.train_sampler.set_epoch(epoch, skip * int(cfg.train_batch_size))
-            for batch in self.train_loader:
+            for batch in batches:
                 with acc.accumulate(self.unet):
                     loss = self.loss(batch, text_drop=float(args.text_drop_prob))
                     acc.backward(loss)
@@ -578,6 +580,7 @@ class Stage1Trainer:
                             * int(cfg.train_batch_size)
                             * acc.num_processes
                             / elapsed,
+                            "input_wait_frac": batches.take() / elapsed,
                         }
                     )
                     window, steps_in_window, busy = [], 0, 0.0

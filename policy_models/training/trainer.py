@@ -58,6 +58,7 @@ from policy_models.training.state import (
     write_pointer,
 )
 from vpp_core.config import ConfigError
+from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl
 from vpp_core.seeding import seed_everything
 
@@ -476,10 +477,11 @@ class Trainer:
         n_logged = 0
         t_log = time.time()
         stop = self.state.step >= max_steps
+        batches = InputWaitMeter(train_loader)
 
         while not stop and self.state.epoch < max_epochs:
             self.train_sampler.set_epoch(self.state.epoch, skip=self.state.batch_in_epoch * bs)
-            for batch in train_loader:
+            for batch in batches:
                 batch = _to_device(batch, self.device)
                 with self.acc.autocast():
                     loss, logs = unpack_loss(model(batch))
@@ -509,7 +511,8 @@ class Trainer:
                     rec = {"step": self.state.step, "epoch": self.state.epoch, "loss": float(vals[0]),
                            **{k: float(v) for k, v in zip(logs_sum, vals[1:])},
                            "lr": self.scheduler.get_last_lr()[0], "steps_per_s": n_logged / max(dt, 1e-9),
-                           "samples_per_s": n_logged * bs * self.world / max(dt, 1e-9)}
+                           "samples_per_s": n_logged * bs * self.world / max(dt, 1e-9),
+                           "input_wait_frac": batches.take() / max(dt, 1e-9)}
                     result.train_losses.append(rec["loss"])
                     if self.is_main:
                         append_jsonl(rec, metrics_path)

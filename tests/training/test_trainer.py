@@ -114,7 +114,7 @@ def test_checkpoints_ema_validation_and_pointers(calvin_root, tmp_path):
     assert saved.dataset.root_data_dir == str(calvin_root) and saved.optimizer.lr == 1e-4
     assert OmegaConf.load(ck / "config.yaml").embodiment.chunk_length == 10
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss", "lr", "steps_per_s"} <= set(lines[0]) and any("val_mse" in x for x in lines)
+    assert {"loss", "lr", "steps_per_s", "input_wait_frac"} <= set(lines[0]) and any("val_mse" in x for x in lines)
 
 
 def test_unpack_loss_variants():
