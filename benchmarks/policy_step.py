@@ -35,7 +35,6 @@ from benchmarks.common import (
     time_fn,
 )
 
-
 MODEL_CONFIGS = {
     # size: (video model config, policy model config); full size is built from the defaults plus a 512-d CLIP
     "tiny": ("video_conf/tiny.yaml", "policy_conf/model/tiny.yaml"),

@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (inductor, default mode)")
     parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
     parser.add_argument("--size", choices=["full", *SMALL_CONFIGS], default="full",
-                        help="U-Net size: full (SVD), small_sim (video_conf/small_sim.yaml) or tiny (video_conf/tiny.yaml)")
+                        help="U-Net size: full (SVD), small_sim or tiny (video_conf/small_sim.yaml, tiny.yaml)")
     parser.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="same as --size tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=3)
