@@ -72,6 +72,10 @@ def conv2d_channels_last(module: torch.nn.Module) -> int:
     return len(convs)
 
 
+# the smaller model sizes the harnesses build besides the full one: size name -> video model yaml
+SMALL_VIDEO_CONFIGS = {"tiny": "video_conf/tiny.yaml", "small_sim": "video_conf/small_sim.yaml"}
+
+
 def add_backend_arguments(parser) -> None:
     """Flags every GPU harness shares: cuDNN autotuning and a kernel-level profile of the timed function."""
     parser.add_argument("--cudnn-benchmark", action="store_true",

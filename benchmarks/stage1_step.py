@@ -16,6 +16,7 @@ import contextlib
 import torch
 
 from benchmarks.common import (
+    SMALL_VIDEO_CONFIGS,
     add_backend_arguments,
     configure_backends,
     conv2d_channels_last,
@@ -28,8 +29,6 @@ from benchmarks.common import (
 from video_models.builders import build_unet, count_parameters
 from video_models.checkpointing import configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
-
-SMALL_CONFIGS = {"tiny": "video_conf/tiny.yaml", "small_sim": "video_conf/small_sim.yaml"}
 
 
 def main() -> None:
@@ -44,7 +43,7 @@ def main() -> None:
                         help="per-tensor = one param group per tensor and no foreach, like the original")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (inductor, default mode)")
     parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
-    parser.add_argument("--size", choices=["full", *SMALL_CONFIGS], default="full",
+    parser.add_argument("--size", choices=["full", *SMALL_VIDEO_CONFIGS], default="full",
                         help="U-Net size: full (SVD), small_sim or tiny (video_conf/small_sim.yaml, tiny.yaml)")
     parser.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="same as --size tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -55,10 +54,10 @@ def main() -> None:
 
     device = torch.device(args.device)
     configure_backends(args)
-    if args.size in SMALL_CONFIGS:
+    if args.size in SMALL_VIDEO_CONFIGS:
         from vpp_core.config import load_config
 
-        video_cfg = load_config(SMALL_CONFIGS[args.size])
+        video_cfg = load_config(SMALL_VIDEO_CONFIGS[args.size])
         unet_cfg, latent = video_cfg.model.unet, int(video_cfg.train_args.height) // 8
     else:
         unet_cfg, latent = None, 32  # 256 x 256 video, as step1_train_svd.py trains it

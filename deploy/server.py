@@ -386,7 +386,7 @@ def stats_of(policy: Any):
 
 
 def load_server_policy(checkpoint: str, video_model_path: str | None = None, clip_model_path: str | None = None,
-                       device: str = "cuda", use_ema: bool = False):
+                       device: str = "cuda", use_ema: bool = False, cudnn_benchmark: bool = False):
     """The policy of a stage-2 checkpoint folder (or a run folder with a ``last`` pointer), stats attached."""
     import importlib
 
@@ -394,7 +394,7 @@ def load_server_policy(checkpoint: str, video_model_path: str | None = None, cli
     policy = load_policy(checkpoint, video_model_path=video_model_path, clip_model_path=clip_model_path,
                          device=device, use_ema=use_ema)
     # inference runs under the server's lock, so the first request's graph capture overlaps no other CUDA work
-    policy.use_fastest_exact_inference()
+    policy.use_fastest_exact_inference(cudnn_benchmark=cudnn_benchmark)
     return policy
 
 
@@ -404,6 +404,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip_model_path", default=None, help="CLIP text model folder (default: from the config)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--use_ema", action="store_true", help="load ema.safetensors instead of model.safetensors")
+    p.add_argument("--cudnn_benchmark", action="store_true",
+                   help="CUDA: let cuDNN pick the fastest convolution algorithms (faster chunks; may round differently)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=os.environ.get("VPP_POLICY_TOKEN"),
@@ -426,7 +428,7 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         policy = load_server_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
-                                    args.use_ema)
+                                    args.use_ema, args.cudnn_benchmark)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sim_tasks", help="--env sim: comma-separated subset of vpp_sim.tasks.SIM_TASKS to evaluate on")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--use_ema", action="store_true", default=None)
+    ap.add_argument("--cudnn_benchmark", action="store_true", default=None,
+                    help="CUDA: let cuDNN pick the fastest convolution algorithms (faster chunks; may round differently)")
     egl = ap.add_mutually_exclusive_group()
     egl.add_argument("--egl", dest="use_egl", action="store_true", default=None, help="force EGL rendering")
     egl.add_argument("--no_egl", dest="use_egl", action="store_false", help="pybullet's CPU TinyRenderer")
@@ -224,6 +226,7 @@ def main_evaluate(argv: list[str]) -> int:
                 overrides=dict(cfg.get("policy_overrides") or {}),
                 use_ema=bool(pick("use_ema", False)),
                 dtype=cfg.get("dtype"),
+                cudnn_benchmark=bool(pick("cudnn_benchmark", False)),
             )
         output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
             args.action_model_folder or BASELINE_OUTPUT_ROOT, env, factory.name, shard, sim_tasks, trials

@@ -57,6 +57,7 @@ class CheckpointPolicyFactory:
     overrides: dict[str, Any] = field(default_factory=lambda: dict(EVAL_POLICY_OVERRIDES))
     use_ema: bool = False
     dtype: str | None = None
+    cudnn_benchmark: bool = False
 
     @property
     def name(self) -> str:
@@ -65,7 +66,8 @@ class CheckpointPolicyFactory:
     @property
     def settings(self) -> dict[str, Any]:
         """What changes the policy's behaviour (recorded in eval_config.json; a resume must match)."""
-        return {"overrides": dict(self.overrides), "use_ema": self.use_ema, "dtype": self.dtype}
+        return {"overrides": dict(self.overrides), "use_ema": self.use_ema, "dtype": self.dtype,
+                "cudnn_benchmark": self.cudnn_benchmark}
 
     def __call__(self, device: str):
         from policy_models.checkpoints import load_policy
@@ -79,5 +81,5 @@ class CheckpointPolicyFactory:
             overrides=self.overrides,
             use_ema=self.use_ema,
         )
-        policy.use_fastest_exact_inference()
+        policy.use_fastest_exact_inference(cudnn_benchmark=self.cudnn_benchmark)
         return policy

@@ -56,6 +56,8 @@ def test_policy_factory_name_and_settings():
     assert f.name == "step_0000100"
     assert f.settings["overrides"]["model.diffusion.sigma_min"] == 1.0
     assert f.settings["overrides"]["model.multistep"] == 10
+    assert f.settings["cudnn_benchmark"] is False  # opt-in, and recorded so a resume cannot mix settings
+    assert CheckpointPolicyFactory("/x", cudnn_benchmark=True).settings["cudnn_benchmark"] is True
 
 
 def test_cli_errors(tmp_path, capsys):

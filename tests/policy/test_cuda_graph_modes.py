@@ -169,3 +169,15 @@ def test_fastest_exact_inference_is_eager_on_the_cpu(policy):
     policy.cuda_graph = "sampler"
     policy.use_fastest_exact_inference()
     assert policy.cuda_graph == "off"
+
+
+def test_cudnn_benchmark_is_opt_in_and_cuda_only(policy, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    policy.use_fastest_exact_inference(cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark is False  # the CPU has no cuDNN: the process setting is left alone
+    monkeypatch.setattr(type(policy), "device", property(lambda self: torch.device("cuda")))
+    policy.use_fastest_exact_inference()
+    assert policy.cuda_graph == "chunk" and torch.backends.cudnn.benchmark is False
+    policy.use_fastest_exact_inference(cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark is True
+    policy.cuda_graph = "off"
