@@ -6,7 +6,7 @@ files; so the experiment is split into three steps on two machines (docs/PERFORM
   here (CPU):  python -m vpp_sim.generate --output D --episodes-per-task 50 --tasks ... --keep-work
                python -m vpp_sim.archive pack --dataset D --output A
   GPU:         python benchmarks/sim_learning.py train --archive A --work W --export E \
-                   --stage1-steps 3000 --stage2-steps 2000 [--until stage1]
+                   [--autoencoder-steps 1200 --stage1-steps 800 --stage2-steps 3000 --until stage1]
   here (CPU):  python benchmarks/sim_learning.py assemble --export E --output R
                python policy_evaluation/calvin_evaluate.py --env sim --action_model_folder R/policy \
                    --video_model_path R/video/svd --clip_model_path R/video/clip ...
@@ -197,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--archive", required=True)
     t.add_argument("--work", required=True)
     t.add_argument("--export", required=True)
-    t.add_argument("--stage1-steps", type=int, default=3000)
-    t.add_argument("--stage2-steps", type=int, default=2500)
-    t.add_argument("--autoencoder-steps", type=int, default=1500,
+    # defaults: run 3 of docs/PERFORMANCE.md, about 17 minutes of training on an H100
+    t.add_argument("--stage1-steps", type=int, default=800)
+    t.add_argument("--stage2-steps", type=int, default=3000)
+    t.add_argument("--autoencoder-steps", type=int, default=1200,
                    help="video_models.vae_fit steps for the random autoencoder before the latents are encoded")
     t.add_argument("--until", choices=["stage1", "stage2"], default="stage2")
     t.add_argument("--workers", type=int, default=8)
