@@ -405,7 +405,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--use_ema", action="store_true", help="load ema.safetensors instead of model.safetensors")
     p.add_argument("--cudnn_benchmark", action="store_true",
-                   help="CUDA: let cuDNN pick the fastest convolution algorithms (faster chunks; may round differently)")
+                   help="CUDA: cuDNN picks the fastest convolution algorithms (faster chunks; may round differently)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=os.environ.get("VPP_POLICY_TOKEN"),

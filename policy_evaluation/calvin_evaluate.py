@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--use_ema", action="store_true", default=None)
     ap.add_argument("--cudnn_benchmark", action="store_true", default=None,
-                    help="CUDA: let cuDNN pick the fastest convolution algorithms (faster chunks; may round differently)")
+                    help="CUDA: cuDNN picks the fastest convolution algorithms (faster chunks; may round differently)")
     egl = ap.add_mutually_exclusive_group()
     egl.add_argument("--egl", dest="use_egl", action="store_true", default=None, help="force EGL rendering")
     egl.add_argument("--no_egl", dest="use_egl", action="store_false", help="pybullet's CPU TinyRenderer")
