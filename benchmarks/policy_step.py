@@ -84,18 +84,16 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device) -> dict
         torch.manual_seed(1)
         return with_generator, policy.predict_action_chunk(obs, instruction)
 
-    mode, compile_mode, head_mode = policy.cuda_graph, policy.video_compile_mode, policy.action_head_compile_mode
+    mode, compile_mode = policy.cuda_graph, policy.video_compile_mode
     fast = chunks()
     policy.cuda_graph = "off"
     eager = chunks()
     out = {f"max_abs_diff_vs_eager_{k}": float((a - b).abs().max()) for k, a, b in
            zip(("same_generator", "same_seed"), fast, eager)}
-    if compile_mode is not None or head_mode is not None:
+    if compile_mode is not None:
         policy.compile_video_model(None)
-        policy.compile_action_head(None)
         out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
         policy.compile_video_model(compile_mode)
-        policy.compile_action_head(head_mode)
     if torch.backends.cudnn.benchmark:
         torch.backends.cudnn.benchmark = False  # cuDNN's default algorithm choice
         out["max_abs_diff_vs_default_cudnn_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
@@ -124,8 +122,6 @@ def main() -> None:
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the partial U-Net pass (policy.compile_video_model(MODE); MODE defaults "
                              "to 'default')")
-    parser.add_argument("--compile-head", nargs="?", const="default", default=None, metavar="MODE",
-                        help="inference: torch.compile the Video Former and the DiT (policy.compile_action_head(MODE))")
     parser.add_argument("--channels-last", action="store_true",
                         help="frozen U-Net and VAE weights in channels-last memory format (same math, other kernels)")
     parser.add_argument("--no-text-cache", action="store_true",
@@ -142,8 +138,6 @@ def main() -> None:
             conv2d_channels_last(module)
     if args.compile is not None:
         policy.compile_video_model(args.compile)
-    if args.compile_head is not None:
-        policy.compile_action_head(args.compile_head)
     policy.cuda_graph = args.cuda_graph
     rng = np.random.default_rng(0)
     e = policy.embodiment
@@ -191,9 +185,7 @@ def main() -> None:
     }
     if args.profile:  # before the exactness check, which drops the captured graphs (their recapture is not a call)
         result["profile"] = kernel_profile(run, device, args.profile)
-    fast_paths = (args.cuda_graph != "off", args.compile is not None, args.compile_head is not None,
-                  args.cudnn_benchmark)
-    if args.mode == "inference" and any(fast_paths):
+    if args.mode == "inference" and (args.cuda_graph != "off" or args.compile is not None or args.cudnn_benchmark):
         result["exactness"] = exactness(policy, obs, instruction, device)
     if args.mode == "train":
         result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)

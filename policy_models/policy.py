@@ -11,7 +11,7 @@ Sub-module names match the original so the trainable state_dict is `Video_Former
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -376,8 +376,7 @@ class VPPPolicy(nn.Module):
     def _denoise_loop(self, context: torch.Tensor, x: torch.Tensor, schedule: tuple) -> torch.Tensor:
         """The sampler's steps: decoder calls on the fixed encoder context."""
         sigmas = self._sigmas(schedule, context.device)
-        denoise = self._action_head_fn("denoise", self.model.denoise)
-        return get_sampler(schedule[0])(lambda x_t, sigma: denoise(context, x_t, sigma), x, sigmas)
+        return get_sampler(schedule[0])(lambda x_t, sigma: self.model.denoise(context, x_t, sigma), x, sigmas)
 
     @torch.no_grad()
     def sample_actions(
@@ -424,7 +423,7 @@ class VPPPolicy(nn.Module):
             parts += [self.tvp_encoder.unet, self.tvp_encoder.vae]
         ptrs = tuple((w.data_ptr(), w.dtype) for w in (next(m.parameters()) for m in parts))
         compile_mode = None if self.tvp_encoder is None else self.tvp_encoder.compile_mode
-        return ptrs, torch.is_autocast_enabled(), compile_mode, self.action_head_compile_mode
+        return ptrs, torch.is_autocast_enabled(), compile_mode
 
     def _chunk_inputs(
         self,
@@ -462,11 +461,10 @@ class VPPPolicy(nn.Module):
         which is what makes the graph exact."""
         *cams, text_tokens, goal, proprio, noise, action_noise = inputs
         imgs = [self._preprocess_camera(x) for x in cams]
-        tokens = self._action_head_fn("former", self.Video_Former)(self._features(imgs, text_tokens, noise=noise))
+        tokens = self.Video_Former(self._features(imgs, text_tokens, noise=noise))
         schedule = self._schedule()
         x = self._initial_noise(tokens.shape[0], schedule) if action_noise is None else action_noise
-        context = self._action_head_fn("encode", self.model.encode)(tokens, goal, proprio)
-        return self._sample_from_context(context, x, schedule, graphed_sampler)
+        return self._sample_from_context(self.model.encode(tokens, goal, proprio), x, schedule, graphed_sampler)
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -515,7 +513,6 @@ class VPPPolicy(nn.Module):
     def cuda_graph(self, mode: str) -> None:
         mode = validate_mode(mode)
         self._check_compile_compatible(mode, self.video_compile_mode)
-        self._check_compile_compatible(mode, self.action_head_compile_mode)
         self.__dict__["_cuda_graph"] = mode
         self._graphs.clear()
 
@@ -560,31 +557,6 @@ class VPPPolicy(nn.Module):
         self._check_compile_compatible(self.cuda_graph, mode)
         self.tvp_encoder.compile_partial_unet(mode, backend)
         self._graphs.clear()
-
-    def compile_action_head(self, mode: str | None = "default", backend: str = "inductor") -> None:
-        """Opt-in `torch.compile` of the chunk's work after the U-Net pass: the Video Former, the DiT encoder and the
-        DiT decoder step that the sampler calls once per step (`mode=None`: back to eager). At batch 1 these are
-        hundreds of tiny kernels, and a CUDA graph of the chunk walks them one node at a time; fused, there are fewer
-        nodes. Inference only (training runs the eager modules); close to eager, not bit-identical."""
-        self._check_compile_compatible(self.cuda_graph, mode)
-        compiled = {}
-        if mode is not None:
-            def compile_fn(fn):
-                return torch.compile(fn, mode=mode, backend=backend, dynamic=False)
-
-            compiled = {"former": compile_fn(self.Video_Former.forward), "encode": compile_fn(self.model.encode),
-                        "denoise": compile_fn(self.model.denoise)}
-        self.__dict__["_compiled_action_head"] = compiled
-        self.__dict__["_action_head_compile_mode"] = mode
-        self._graphs.clear()
-
-    @property
-    def action_head_compile_mode(self) -> str | None:
-        return self.__dict__.get("_action_head_compile_mode")
-
-    def _action_head_fn(self, name: str, eager: Callable) -> Callable:
-        """The compiled version of an action-head function when `compile_action_head` asked for one, else `eager`."""
-        return self.__dict__.get("_compiled_action_head", {}).get(name, eager)
 
     @staticmethod
     def _check_compile_compatible(graph_mode: str, compile_mode: str | None) -> None:

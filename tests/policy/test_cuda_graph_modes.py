@@ -181,31 +181,3 @@ def test_cudnn_benchmark_is_opt_in_and_cuda_only(policy, monkeypatch):
     policy.use_fastest_exact_inference(cudnn_benchmark=True)
     assert torch.backends.cudnn.benchmark is True
     policy.cuda_graph = "off"
-
-
-def test_compiled_action_head_routes_former_encoder_and_sampler_steps(policy):
-    """compile_action_head sends the Video Former, the DiT encoder and every decoder step through torch.compile
-    (here a recording backend that runs the traced graph as is, so the chunk must stay bit-identical)."""
-    obs, texts = calvin_obs(batch=1), ["open the drawer"]
-    ref = policy.predict_action_chunk(obs, texts, generator=torch.Generator().manual_seed(2))
-    traced = []
-
-    def recording_backend(gm, example_inputs):
-        traced.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    policy.compile_action_head("default", backend=recording_backend)
-    try:
-        assert policy.action_head_compile_mode == "default"
-        out = policy.predict_action_chunk(obs, texts, generator=torch.Generator().manual_seed(2))
-        assert torch.equal(out, ref)
-        assert len(traced) >= 3  # former, encoder, decoder step (one graph each at least)
-        assert not any("compiled" in k for k in policy.state_dict())  # checkpoints keep their keys
-        policy.cuda_graph = "chunk"
-        with pytest.raises(ValueError, match="own CUDA graphs"):
-            policy.compile_action_head("reduce-overhead")
-    finally:
-        policy.compile_action_head(None)
-        policy.cuda_graph = "off"
-    assert policy.action_head_compile_mode is None
