@@ -524,10 +524,9 @@ class VPPPolicy(nn.Module):
         `cudnn_benchmark` (opt-in, CUDA only) also sets the process-wide `torch.backends.cudnn.benchmark`: cuDNN
         times its convolution algorithms once per shape and keeps the fastest (2-13% less time per chunk at batch 1
         on an H100). Same math, but other algorithms may round differently than the default choice."""
-        self.cuda_graph = "chunk" if self.device.type == "cuda" else "off"
+        self.cuda_graph = "chunk" if self.device.type == "cuda" else "off"  # drops graphs captured before
         if cudnn_benchmark and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            self._graphs.clear()  # graphs captured before hold the default algorithms
 
     @property
     def cuda_graph_sampler(self) -> bool:
