@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -22,6 +23,8 @@ def environment() -> dict[str, Any]:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        # the caching allocator's settings change host time per call (expandable segments: +28 ms per graphed chunk)
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
     }
     if not torch.cuda.is_available():
         env["cpu_threads"] = torch.get_num_threads()
@@ -105,9 +108,66 @@ def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters:
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total_us = sum(e.self_device_time_total for e in events) or 1.0
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    device_ops, host_ops = [], []
+    for e in prof.events():
+        on_device = e.device_type == torch.autograd.DeviceType.CUDA
+        (device_ops if on_device else host_ops).append((e.time_range.start, e.time_range.end, e.name))
     return {
         "gpu_ms_per_call": total_us / 1000 / iters,
         "kernels": [{"name": e.key[:120], "ms_per_call": e.self_device_time_total / 1000 / iters,
                      "share": e.self_device_time_total / total_us, "calls": e.count // iters}
                     for e in events[:top]],
+        "timeline": device_timeline(device_ops, iters, host_ops),
     }
+
+
+Interval = tuple[float, float, str]  # (start_us, end_us, name) of one profiled operation
+
+
+def device_timeline(ops: list[Interval], iters: int, host_ops: list[Interval] = (),
+                    largest: int = 10) -> dict[str, Any] | None:
+    """Where the device sits idle between its operations (kernels, copies), and what the host was doing meanwhile.
+
+    Kernel time alone does not explain a wall time; the gaps between consecutive device operations do. Many gaps of a
+    few microseconds mean per-launch latency (fewer, larger kernels help); a few long ones mean the device waits for
+    the host (a sync, a copy, Python work between launches): for those, the host operations (`host_ops`) that cover
+    most of each gap are listed, innermost first. Returns None when no device operation was recorded."""
+    if not ops:
+        return None
+    ops = sorted(ops)
+    busy_us = gap_us = 0.0
+    covered_to = ops[0][0]
+    gaps = []  # (length_us, operation before, operation after)
+    previous = ops[0][2]
+    for start, end, name in ops:
+        if start > covered_to:
+            gaps.append((start - covered_to, previous, name, start))
+            gap_us += start - covered_to
+            covered_to = start
+        if end > covered_to:
+            busy_us += end - covered_to
+            covered_to = end
+            previous = name
+    lengths = [g[0] for g in gaps]
+    return {
+        "device_ops_per_call": len(ops) / iters,
+        "span_ms_per_call": (covered_to - ops[0][0]) / 1000 / iters,
+        "busy_ms_per_call": busy_us / 1000 / iters,
+        "idle_ms_per_call": gap_us / 1000 / iters,
+        "idle_gaps_per_call": {f"over_{t}us": sum(1 for g in lengths if g > t) / iters for t in (2, 10, 100, 1000)},
+        "idle_ms_per_call_in_gaps_over_100us": sum(g for g in lengths if g > 100) / 1000 / iters,
+        "median_gap_us": statistics.median(lengths) if lengths else 0.0,
+        "largest_gaps": [{"us": round(length, 1), "after": before[:80], "before": after[:80],
+                          "host": _host_ops_during(host_ops, end - length, end)}
+                         for length, before, after, end in sorted(gaps, reverse=True)[:largest]],
+    }
+
+
+def _host_ops_during(host_ops: list[Interval], start: float, end: float, top: int = 4) -> list[dict[str, Any]]:
+    """The host operations that overlap at least a third of [start, end], shortest (innermost) first."""
+    covering = []
+    for op_start, op_end, name in host_ops:
+        overlap = min(op_end, end) - max(op_start, start)
+        if overlap >= (end - start) / 3:
+            covering.append((op_end - op_start, name))
+    return [{"name": name[:80], "us": round(length, 1)} for length, name in sorted(covering)[:top]]

@@ -21,7 +21,8 @@ def test_stage1_step_sizes(size, latent, monkeypatch, capsys):
                       monkeypatch, capsys)
     assert out["settings"]["latent"] == [16, 4, latent, latent]
     assert out["step"]["median_ms"] > 0 and out["samples_per_s"] > 0
-    assert set(out["profile"]) == {"gpu_ms_per_call", "kernels"}  # CPU: no GPU kernels to list, but the block exists
+    # CPU: no GPU kernels to list and no device timeline, but the block exists
+    assert set(out["profile"]) == {"gpu_ms_per_call", "kernels", "timeline"} and out["profile"]["timeline"] is None
 
 
 def test_policy_inference_reports_cudnn_exactness(monkeypatch, capsys):
@@ -36,3 +37,20 @@ def test_policy_inference_reports_cudnn_exactness(monkeypatch, capsys):
     # the CPU has no cuDNN, so the comparison with cuDNN's default choice must come out exact
     assert out["exactness"]["max_abs_diff_vs_default_cudnn_eager_same_generator"] == 0.0
     assert torch.backends.cudnn.benchmark is True  # the harness restores the setting it benchmarked with
+
+
+def test_device_timeline_separates_busy_time_from_idle_gaps():
+    from benchmarks.common import device_timeline
+
+    # (start_us, end_us, name): an overlapping pair, one long wait for the host, one short launch gap
+    ops = [(0, 10, "a"), (12, 20, "b"), (15, 25, "c"), (225, 230, "d"), (231, 240, "e")]
+    host = [(0, 250, "whole call"), (20, 222, "python between launches"), (100, 110, "a short host op")]
+    timeline = device_timeline(ops, iters=1, host_ops=host)
+    assert timeline["device_ops_per_call"] == 5
+    assert timeline["busy_ms_per_call"] == pytest.approx(0.037)  # 10 + 13 (b..c merged) + 5 + 9 us
+    assert timeline["idle_ms_per_call"] == pytest.approx(0.203)  # 2 + 200 + 1 us
+    assert timeline["span_ms_per_call"] == pytest.approx(0.240)
+    assert timeline["idle_gaps_per_call"]["over_100us"] == 1
+    assert timeline["largest_gaps"][0] == {"us": 200.0, "after": "c", "before": "d", "host": [
+        {"name": "python between launches", "us": 202.0}, {"name": "whole call", "us": 250.0}]}
+    assert device_timeline([], iters=3) is None
