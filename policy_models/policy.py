@@ -482,8 +482,11 @@ class VPPPolicy(nn.Module):
         With `cuda_graph = "chunk"` on a CUDA device the device side is one CUDA graph replay (see `cuda_graph`);
         noise from an explicit `generator` (and a given `noise`) is then drawn outside the graph and fed to it."""
         self._require_backbone()
+        # switching modes walks every submodule (thousands with the SVD U-Net: ~10 ms of host time per switch at full
+        # size), so a policy already in eval mode, the usual case at inference, is left as it is
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         try:
             inputs = self._chunk_inputs(obs, instruction, generator, noise, cache_text)
             if self.cuda_graph == "chunk" and self._graphable(inputs[0]):
@@ -491,7 +494,8 @@ class VPPPolicy(nn.Module):
                 return self._graphs.run(key, self._chunk_from_inputs, inputs, self.device)
             return self._chunk_from_inputs(*inputs, graphed_sampler=True)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
 
     @property
     def cuda_graph(self) -> str:

@@ -88,13 +88,15 @@ class TVPEncoder(nn.Module):
             module.eval()
         return self
 
+    # read from one U-Net weight: diffusers' `ModelMixin.device`/`.dtype` scan every submodule for offloading hooks
+    # (several ms of host time per read at full size, and a chunk prediction reads them a few times)
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return next(self.unet.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return next(self.unet.parameters()).device
 
     @property
     def vae_scale_factor(self) -> int:

@@ -112,3 +112,27 @@ def test_cuda_graph_sampler_is_opt_in_and_ignored_on_cpu(policy):
     out = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, ref) and not policy._graphs
     assert "_cuda_graph_sampler" not in policy.state_dict()
+
+
+def test_predict_action_chunk_skips_mode_switches_in_eval_mode(policy, monkeypatch):
+    """A mode switch walks every submodule (~29 ms of host time per switch at full size on a CPU core), so an eval-mode
+    policy is not switched at all; a training-mode one is switched to eval for the chunk and back afterwards."""
+    obs = calvin_obs(batch=1)
+    switches = []
+    original = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train", lambda self, mode=True: switches.append(mode) or original(self, mode))
+    policy.eval()
+    switches.clear()
+    policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(0))
+    assert switches == []
+    policy.train()
+    switches.clear()
+    policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(0))
+    assert switches and switches[0] is False and policy.training
+    assert not policy.tvp_encoder.unet.training  # the frozen video model stays in eval mode either way
+
+
+def test_tvp_encoder_device_and_dtype_follow_the_unet(policy):
+    tvp = policy.tvp_encoder
+    weight = next(tvp.unet.parameters())
+    assert tvp.device == weight.device == tvp.unet.device and tvp.dtype == weight.dtype == tvp.unet.dtype
