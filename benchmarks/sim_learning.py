@@ -7,6 +7,7 @@ files; so the experiment is split into three steps on two machines (docs/PERFORM
                python -m vpp_sim.archive pack --dataset D --output A
   GPU:         python benchmarks/sim_learning.py train --archive A --work W --export E \
                    [--autoencoder-steps 1200 --stage1-steps 800 --stage2-steps 3000 --until stage1]
+               (where the GPU machine has pybullet, generate into W/data/tabletop there instead and omit --archive)
   here (CPU):  python benchmarks/sim_learning.py assemble --export E --output R
                python policy_evaluation/calvin_evaluate.py --env sim --action_model_folder R/policy \
                    --video_model_path R/video/svd --clip_model_path R/video/clip ...
@@ -91,6 +92,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         make_tiny_video_model_folders(models, REPO / VIDEO_CONFIG, seed=args.seed, prefix="small")
     if not (dataset / "training" / "ep_start_end_ids.npy").exists():
+        if not args.archive:
+            raise SystemExit(f"no data set in {dataset}: pass --archive A, or generate it there first "
+                             f"(python -m vpp_sim.generate --output {dataset} ...) where pybullet is installed")
         run("unpack the demonstrations", ["-m", "vpp_sim.archive", "unpack", "--archive", args.archive, "--output",
                                           str(dataset), "--workers", str(args.workers)], log)
     if not (dataset / "training" / "packed").exists():
@@ -194,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="unpack, latents, stage 1, stage 2; export the results (GPU machine)")
-    t.add_argument("--archive", required=True)
+    t.add_argument("--archive", help="demonstrations packed by vpp_sim.archive; not needed when WORK/data/tabletop "
+                                     "already holds a generated data set (a GPU machine with pybullet)")
     t.add_argument("--work", required=True)
     t.add_argument("--export", required=True)
     # defaults: run 3 of docs/PERFORMANCE.md, about 17 minutes of training on an H100

@@ -130,7 +130,8 @@ def unpack(archive: str | Path, output: str | Path, workers: int = 1, annotation
         futures = pool.map(_unpack_episode, [str(archive)] * len(todo), todo, [str(work / "episodes")] * len(todo))
         for _ in tqdm(futures, total=len(todo), desc="decoding", unit="episode"):
             pass
-    jobs = gen.plan_jobs(plan["tasks"], plan["episodes_per_task"], plan["seed"], plan["val_fraction"])
+    jobs = gen.plan_jobs(plan["tasks"], plan["episodes_per_task"], plan["seed"], plan["val_fraction"],
+                         plan.get("perturb_fraction", 0.0))  # archives packed before perturbation existed lack it
     phrasings = gen.load_phrasings(Path(annotations or gen.DEFAULT_TRAIN_ANNOTATIONS), plan["tasks"])
     val_path = Path(val_annotations or gen.DEFAULT_VAL_ANNOTATIONS)
     val_sentences = {t: v[0] for t, v in gen.load_phrasings(val_path, plan["tasks"]).items()}

@@ -10,6 +10,7 @@ from vpp_sim import assets as A
 from vpp_sim.env import NEUTRAL_TCP_POS, TabletopEnv
 from vpp_sim.expert import ExpertFailure, ScriptedExpert
 from vpp_sim.oracle import TaskOracle
+from vpp_sim.perturb import Perturber
 from vpp_sim.tasks import COLORS, NEUTRAL_ROBOT_OBS, sample_initial_condition, scene_from_condition
 
 MAX_EPISODE_STEPS = 360  # calvin's per-subtask budget
@@ -27,6 +28,7 @@ class Episode:
     frames: list[dict] = field(default_factory=list)
     rel_actions: list[np.ndarray] = field(default_factory=list)
     abs_actions: list[np.ndarray] = field(default_factory=list)
+    perturbed_steps: int = 0  # steps whose executed action differed from the recorded expert action
 
 
 def _push_is_clear(scene: np.ndarray, color: str, direction: str) -> bool:
@@ -76,11 +78,14 @@ def run_expert_episode(
     record: bool = True,
     oracle: TaskOracle | None = None,
     min_frames: int = MIN_EPISODE_FRAMES,
+    perturber: Perturber | None = None,
 ) -> Episode:
     """Reset to a (sampled) start, run the expert, judge the final state with the oracle.
 
     With ``record`` the episode holds one frame per step (the observation the action was taken in), plus the final
     observation as the last frame, whose action is a hold (the arm stays); success is judged on the final state.
+    With a ``perturber`` the env executes perturbed actions while the expert's own actions (and the target poses they
+    would have set) are recorded (see vpp_sim.perturb).
     """
     oracle = oracle or TaskOracle()
     if robot_obs is None or scene_obs is None:
@@ -94,12 +99,12 @@ def run_expert_episode(
 
     def do(action):
         nonlocal obs, info, steps
+        action = np.asarray(action, dtype=np.float64)
         if record:
             ep.frames.append(obs)
-            ep.rel_actions.append(np.asarray(action, dtype=np.float64).copy())
-        obs, _, _, info = env.step(action)
-        if record:
-            ep.abs_actions.append(np.concatenate([env.target_pos, env.target_orn, [env.gripper_action]]))
+            ep.rel_actions.append(action.copy())
+            ep.abs_actions.append(np.concatenate([*env.target_after(action), [action[6]]]))
+        obs, _, _, info = env.step(action if perturber is None else perturber(action))
         steps += 1
         if ep.first_success_step is None and oracle.check(task, start_info, info):
             ep.first_success_step = steps
@@ -115,6 +120,7 @@ def run_expert_episode(
     while record and steps < min_frames - 1:
         do(hold)
     ep.success = oracle.check(task, start_info, info)
+    ep.perturbed_steps = 0 if perturber is None else perturber.perturbed_steps
     if record:  # the final observation closes the episode, with a hold action
         ep.frames.append(obs)
         ep.rel_actions.append(hold.copy())

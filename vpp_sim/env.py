@@ -217,8 +217,7 @@ class TabletopEnv:
             raise ValueError(f"TabletopEnv.step: action must be 7 finite numbers (relative), got {action!r}")
         if action[6] not in (-1.0, 1.0):
             raise ValueError(f"TabletopEnv.step: gripper action must be -1 (close) or +1 (open), got {action[6]}")
-        self.target_pos = np.clip(self.target_pos + action[:3] * MAX_REL_POS, WORKSPACE_LOW, WORKSPACE_HIGH)
-        self.target_orn = self.target_orn + action[3:6] * MAX_REL_ORN
+        self.target_pos, self.target_orn = self.target_after(action)
         self.gripper_action = float(action[6])
         self._apply_arm(self.target_pos, self.target_orn)
         self._apply_gripper(self.gripper_action)
@@ -227,6 +226,11 @@ class TabletopEnv:
             self._update_switch_logic()  # per substep, so that a quick tap is not missed
         obs = self.get_obs()
         return obs, 0, False, self.get_info()
+
+    def target_after(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The internal target pose (position, Euler orientation) that `step(action)` would set from the current one."""
+        pos = np.clip(self.target_pos + action[:3] * MAX_REL_POS, WORKSPACE_LOW, WORKSPACE_HIGH)
+        return pos, self.target_orn + action[3:6] * MAX_REL_ORN
 
     def solve_ik(self, pos, orn_euler, iterations: int = 60) -> np.ndarray:
         """Arm joints that put the TCP at (pos, Euler orn); the current robot state is left unchanged."""

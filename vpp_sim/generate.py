@@ -1,6 +1,7 @@
 """Generate scripted demonstrations in CALVIN's on-disk format and in the stage-1 video layout.
 
-    python -m vpp_sim.generate --output DIR --episodes-per-task N --seed S [--val-fraction 0.1] [--workers 2]
+    python -m vpp_sim.generate --output DIR --episodes-per-task N --seed S [--val-fraction 0.1] [--workers 2] \
+        [--perturb-fraction 0.5]
 
 Output (DIR):
     training/, validation/       CALVIN format: episode_%07d.npz (one file per frame: actions, rel_actions,
@@ -11,11 +12,14 @@ Output (DIR):
                                  stage-1 layout (camera 0 = static, 1 = gripper, 256x256), one clip per episode
     .work/                       resumable state: one finished episode per file; deleted when everything is written
 
-Every episode is one annotated segment (one task, one instruction). Generation runs in two phases so that an
-interrupted run resumes: (1) each planned episode is simulated and saved atomically as .work/episodes/JOB.npz (the
-file is its completion marker; failed expert attempts are retried with a new seed and never written); (2) the
-episodes are laid out with contiguous global frame ids per split, each episode's files written and then marked
-done in .work/written/. Re-running the same command skips everything already done.
+Every episode is one annotated segment (one task, one instruction). With --perturb-fraction F, a share F of each
+task's episodes is executed with DART-style pushes that the expert corrects (vpp_sim.perturb).
+
+Generation runs in two phases so that an interrupted run resumes: (1) each planned episode is simulated and saved
+atomically as .work/episodes/JOB.npz (the file is its completion marker; failed expert attempts are retried with a
+new seed and never written); (2) the episodes are laid out with contiguous global frame ids per split, each
+episode's files written and then marked done in .work/written/. Re-running the same command skips everything already
+done.
 """
 
 from __future__ import annotations
@@ -58,19 +62,29 @@ class Job:
     task: str
     split: str  # "train" | "val"
     seed: int
+    perturbed: bool = False  # executed with DART-style pushes (vpp_sim.perturb), expert actions recorded
 
 
-def plan_jobs(tasks: Sequence[str], episodes_per_task: int, seed: int, val_fraction: float) -> list[Job]:
-    """Episodes interleaved over tasks; every job whose index crosses a multiple of 1/val_fraction is validation."""
+def _every(fraction: float, k: int) -> bool:
+    """Whether position k is one of the evenly spread `fraction` of all positions."""
+    return int((k + 1) * fraction) > int(k * fraction)
+
+
+def plan_jobs(tasks: Sequence[str], episodes_per_task: int, seed: int, val_fraction: float,
+              perturb_fraction: float = 0.0) -> list[Job]:
+    """Episodes interleaved over tasks; every job whose index crosses a multiple of 1/val_fraction is validation.
+    Per task, episodes spread evenly at `perturb_fraction` are perturbed ones."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if not 0.0 <= perturb_fraction <= 1.0:
+        raise ValueError(f"--perturb-fraction must be in [0, 1], got {perturb_fraction}")
     jobs = []
     for i in range(episodes_per_task):
         for t, task in enumerate(tasks):
             k = len(jobs)
-            val = int((k + 1) * val_fraction) > int(k * val_fraction)
             job_seed = int(np.random.SeedSequence([seed, t, i]).generate_state(1)[0])
-            jobs.append(Job(k, task, "val" if val else "train", job_seed))
+            split = "val" if _every(val_fraction, k) else "train"
+            jobs.append(Job(k, task, split, job_seed, perturbed=_every(perturb_fraction, i)))
     return jobs
 
 
@@ -92,6 +106,7 @@ def _worker_env():
 def simulate_job(job: Job, work_dir: str, max_attempts: int) -> tuple[int, bool, int]:
     """Run the expert until it succeeds (at most max_attempts seeds) and save the episode. -> (index, ok, attempts)"""
     from vpp_sim.demos import run_expert_episode
+    from vpp_sim.perturb import PerturbationSpec, Perturber
 
     path = Path(work_dir) / "episodes" / f"{job.index:07d}.npz"
     if path.exists():
@@ -99,7 +114,10 @@ def simulate_job(job: Job, work_dir: str, max_attempts: int) -> tuple[int, bool,
     env = _worker_env()
     for attempt in range(max_attempts):
         rng = np.random.default_rng([job.seed, attempt])
-        ep = run_expert_episode(env, job.task, rng)
+        perturber = None
+        if job.perturbed:  # its own random stream, so the expert's choices match those of the unperturbed run
+            perturber = Perturber(PerturbationSpec(), np.random.default_rng([job.seed, attempt, 1]))
+        ep = run_expert_episode(env, job.task, rng, perturber=perturber)
         if ep.success:
             arrays = {
                 "rgb_static": np.stack([f["rgb_obs"]["rgb_static"] for f in ep.frames]),
@@ -109,7 +127,8 @@ def simulate_job(job: Job, work_dir: str, max_attempts: int) -> tuple[int, bool,
                 "rel_actions": np.stack(ep.rel_actions),
                 "actions": np.stack(ep.abs_actions),
             }
-            meta = {"task": job.task, "split": job.split, "seed": job.seed, "attempt": attempt}
+            meta = {"task": job.task, "split": job.split, "seed": job.seed, "attempt": attempt,
+                    "perturbed_steps": ep.perturbed_steps}
             with atomic_write(path) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
             return job.index, True, attempt + 1
@@ -267,7 +286,7 @@ def layout(out: Path, jobs: list[Job], work: Path, phrasings: dict[str, list[str
 def generate(output: str | Path, episodes_per_task: int, seed: int = 0, val_fraction: float = 0.1,
              tasks: Sequence[str] | None = None, workers: int = 1, max_attempts: int = 5,
              annotations: str | Path | None = None, val_annotations: str | Path | None = None,
-             keep_work: bool = False) -> dict:
+             keep_work: bool = False, perturb_fraction: float = 0.0) -> dict:
     from vpp_sim.tasks import SIM_TASKS
 
     tasks = list(tasks or SIM_TASKS)
@@ -281,8 +300,9 @@ def generate(output: str | Path, episodes_per_task: int, seed: int = 0, val_frac
     val_sentences = {t: v[0] for t, v in load_phrasings(val_path, tasks).items()}
     out = Path(output)
     work = out / ".work"
-    jobs = plan_jobs(tasks, episodes_per_task, seed, val_fraction)
-    plan = {"tasks": tasks, "episodes_per_task": episodes_per_task, "seed": seed, "val_fraction": val_fraction}
+    jobs = plan_jobs(tasks, episodes_per_task, seed, val_fraction, perturb_fraction)
+    plan = {"tasks": tasks, "episodes_per_task": episodes_per_task, "seed": seed, "val_fraction": val_fraction,
+            "perturb_fraction": perturb_fraction}
     plan_file = work / "plan.json"
     if plan_file.exists():
         previous = json.loads(plan_file.read_text())
@@ -338,12 +358,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val-annotations", default=None,
                         help=f"evaluation sentences yaml (default {DEFAULT_VAL_ANNOTATIONS})")
     parser.add_argument("--keep-work", action="store_true", help="keep the per-episode work files")
+    parser.add_argument("--perturb-fraction", type=float, default=0.0,
+                        help="share of each task's episodes executed with DART-style pushes that the expert corrects "
+                             "(vpp_sim.perturb); their recorded actions are the expert's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
         summary = generate(args.output, args.episodes_per_task, args.seed, args.val_fraction, tasks, args.workers,
-                           args.max_attempts, args.annotations, args.val_annotations, args.keep_work)
+                           args.max_attempts, args.annotations, args.val_annotations, args.keep_work,
+                           args.perturb_fraction)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
