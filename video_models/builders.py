@@ -136,7 +136,8 @@ def build_image_encoder(cfg: DictConfig | dict | None = None) -> CLIPVisionModel
 
 
 def build_video_model(model_cfg: DictConfig | dict, seed: int = 0) -> VideoModel:
-    """Random video model + char-level tokenizer from a `model:` config block (see video_conf/tiny.yaml)."""
+    """Random video model + download-free CLIP tokenizer (video_models.tiny_tokenizer) from a `model:` config block
+    (see video_conf/tiny.yaml)."""
     cfg = _plain(model_cfg)
     torch.manual_seed(seed)
     tokenizer = build_tiny_clip_tokenizer()
