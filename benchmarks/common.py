@@ -37,14 +37,17 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> dict[str, float]:
-    """Median / p90 / mean wall time in ms of `fn` after `warmup` untimed calls (CUDA-synchronised)."""
+    """Median / p90 / mean wall time in ms of `fn` after `warmup` untimed calls (CUDA-synchronised), and the median
+    host time: until `fn` returns, before the device finishes. Host time near the wall time means the host, not the
+    GPU, sets the pace (Python work between launches)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
-    times = []
+    times, host = [], []
     for _ in range(iters):
         start = time.perf_counter()
         fn()
+        host.append((time.perf_counter() - start) * 1000)
         synchronize(device)
         times.append((time.perf_counter() - start) * 1000)
     times.sort()
@@ -52,6 +55,7 @@ def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
         "median_ms": statistics.median(times),
         "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
         "mean_ms": statistics.fmean(times),
+        "host_median_ms": statistics.median(host),
         "iters": iters,
     }
 

@@ -34,6 +34,7 @@ def test_policy_inference_reports_cudnn_exactness(monkeypatch, capsys):
     out = run_harness(policy_step, ["--tiny", "--device", "cpu", "--mode", "inference", "--warmup", "0", "--iters", "1",
                                     "--cudnn-benchmark"], monkeypatch, capsys)
     assert out["settings"]["size"] == "tiny" and out["time"]["median_ms"] > 0
+    assert 0 < out["time"]["host_median_ms"] <= out["time"]["median_ms"]  # the host part of each call
     # the CPU has no cuDNN, so the comparison with cuDNN's default choice must come out exact
     assert out["exactness"]["max_abs_diff_vs_default_cudnn_eager_same_generator"] == 0.0
     assert torch.backends.cudnn.benchmark is True  # the harness restores the setting it benchmarked with
