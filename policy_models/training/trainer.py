@@ -297,7 +297,7 @@ class Trainer:
                 self.ema.load_state_dict({n: state[n] for n in self.ema.names if n in state}, source=str(ema_path))
             else:
                 log.warning("%s has no %s: EMA restarts from the current weights", ckpt, EMA_FILE)
-                self.ema = EMA(trainable_named_parameters(self.policy), self.ema.decay)
+                self.ema = EMA(trainable_named_parameters(self.policy), self.ema.decay, self.ema.warmup_power)
         ts = ckpt / "training_state"
         self.optimizer.load_state_dict(load_torch(ts / "optimizer.pt"))
         self.scheduler.load_state_dict(load_torch(ts / "scheduler.pt"))
@@ -394,8 +394,9 @@ class Trainer:
 
         self.optimizer = build_optimizer(self.policy, _sel(cfg, "optimizer", {}))
         self.scheduler = build_scheduler(self.optimizer, _sel(cfg, "lr_scheduler", {}))
-        self.ema = EMA(trainable_named_parameters(self.policy), float(_sel(cfg, "ema.decay", 0.9999))) \
-            if _sel(cfg, "ema.enabled", True) else None
+        warmup = _sel(cfg, "ema.warmup_power", None)
+        self.ema = EMA(trainable_named_parameters(self.policy), float(_sel(cfg, "ema.decay", 0.9999)),
+                       None if warmup is None else float(warmup)) if _sel(cfg, "ema.enabled", True) else None
         self.state = TrainerState(world_size=self.world)
         self._resume_rng: Path | None = None
         self._resume_scaler: Path | None = None
@@ -417,7 +418,7 @@ class Trainer:
             src = resolve_checkpoint_dir(init_from)
             load_policy_weights(self.policy, read_state_file(src / MODEL_FILE), source=str(src / MODEL_FILE))
             if self.ema is not None:
-                self.ema = EMA(trainable_named_parameters(self.policy), self.ema.decay)
+                self.ema = EMA(trainable_named_parameters(self.policy), self.ema.decay, self.ema.warmup_power)
             log.info("initialised the trainable weights from %s", src)
         n_params = sum(p.numel() for _, p in trainable_named_parameters(self.policy))
         if self.is_main:
@@ -492,7 +493,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 if self.ema is not None:
-                    self.ema.update(trainable)
+                    self.ema.update(trainable, step=self.state.step)
                 self.state.step += 1
                 self.state.batch_in_epoch += 1
                 self.state.samples_seen += len(batch["lang_text"]) * self.world

@@ -83,6 +83,24 @@ def test_ema_math_and_swap():
         ema.load_state_dict({"v": torch.zeros(2)})
 
 
+def test_ema_warmup_schedule_forgets_the_initial_weights():
+    p = nn.Parameter(torch.zeros(1))
+    plain = EMA([("w", p)], decay=0.999)
+    warm = EMA([("w", p)], decay=0.999, warmup_power=2 / 3)
+    assert warm.decay_at(0) == 0.0  # the first update copies the weights, as the original's callback does
+    assert warm.decay_at(3000) == pytest.approx(1 - 3001 ** (-2 / 3)) and warm.decay_at(10**9) == 0.999
+    assert plain.decay_at(0) == plain.decay_at(3000) == 0.999  # default: the original's plain decay
+    with torch.no_grad():
+        p.fill_(1.0)  # the weights move away from their initial value 0 and stay there
+    for step in range(3000):
+        plain.update([("w", p)], step=step)
+        warm.update([("w", p)], step=step)
+    assert plain.state_dict()["w"].item() == pytest.approx(1 - 0.999**3000, rel=1e-4)  # 5% of the init is left
+    assert warm.state_dict()["w"].item() == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="warmup_power"):
+        EMA([("w", p)], warmup_power=0.0)
+
+
 def test_sampler_shards_cover_and_resume():
     n = 23
     train = [ShardedEpochSampler(n, 4, r, shuffle=True, seed=5) for r in range(4)]

@@ -66,7 +66,8 @@ def _assert_same(a, b):
 def test_resume_is_exact(calvin_root, tmp_path, resume_at):
     # 66 windows / batch 16 -> 5 batches per epoch: the run crosses an epoch end (validation + checkpoint) at step 5
     common = ["dataloader.batch_size=16", "training.max_steps=8", "training.checkpoint_every_steps=3",
-              "training.val_max_batches=1", "optimizer.lr=1e-3", "ema.decay=0.9"]
+              "training.val_max_batches=1", "optimizer.lr=1e-3", "ema.decay=0.9",
+              "ema.warmup_power=0.6667"]  # the warm-up schedule must continue from the resumed step
     full = train(tiny_calvin_cfg(calvin_root, tmp_path / "full", *common), fake_policy_factory())
     assert full.step == 8 and full.epoch == 1
     names = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
@@ -75,6 +76,8 @@ def test_resume_is_exact(calvin_root, tmp_path, resume_at):
                                     f"run.resume={tmp_path / 'full' / 'checkpoints' / f'step_{resume_at:07d}'}"),
                     fake_policy_factory())
     assert resumed.step == 8
+    model, ema, _ = _final_state(full.last_checkpoint)
+    assert not torch.equal(model["net.0.weight"], ema["net.0.weight"])  # warm-up decay at step 7 is 0.75: EMA lags
     _assert_same(_final_state(full.last_checkpoint), _final_state(resumed.last_checkpoint))
     state = json.loads((resumed.last_checkpoint / "training_state" / "trainer_state.json").read_text())
     assert state["step"] == 8 and state["epoch"] == 1 and state["batch_in_epoch"] == 3
