@@ -141,7 +141,7 @@ def device_timeline(ops: list[Interval], iters: int, host_ops: list[Interval] = 
     ops = sorted(ops)
     busy_us = gap_us = 0.0
     covered_to = ops[0][0]
-    gaps = []  # (length_us, operation before, operation after)
+    gaps = []  # (length_us, operation before, operation after, end_us)
     previous = ops[0][2]
     for start, end, name in ops:
         if start > covered_to:

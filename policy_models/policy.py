@@ -482,8 +482,8 @@ class VPPPolicy(nn.Module):
         With `cuda_graph = "chunk"` on a CUDA device the device side is one CUDA graph replay (see `cuda_graph`);
         noise from an explicit `generator` (and a given `noise`) is then drawn outside the graph and fed to it."""
         self._require_backbone()
-        # switching modes walks every submodule (thousands with the SVD U-Net: ~10 ms of host time per switch at full
-        # size), so a policy already in eval mode, the usual case at inference, is left as it is
+        # switching modes walks every submodule (thousands with the SVD U-Net: ~29 ms of host time per switch at full
+        # size on a 2-core CPU), so a policy already in eval mode, the usual case at inference, is left as it is
         was_training = self.training
         if was_training:
             self.eval()

@@ -2,13 +2,13 @@
 
 Real runs load the tokenizer of `openai/clip-vit-base-patch32`. Tests and the demo cannot download it, so they use a
 CLIP BPE tokenizer built here: the 256 byte symbols (with and without the end-of-word marker), then every word of the
-project's instruction files (policy_conf/annotations: CALVIN's training phrasings and evaluation sentences) as one
-token, reached through a chain of BPE merges. It is a genuine `CLIPTokenizer`, saved and loaded with `save_pretrained`
-/ `AutoTokenizer.from_pretrained` exactly like the released one.
+project's instruction files (policy_conf/annotations: CALVIN's training phrasings and evaluation sentences), built by
+chains of BPE merges: most words become one token, a few two to five. It is a genuine `CLIPTokenizer`, saved and
+loaded with `save_pretrained` / `AutoTokenizer.from_pretrained` exactly like the released one.
 
 Why words and not characters: the video model reads only the first 20 tokens of an instruction (VPP's
 `max_length`), which covers a whole sentence with CLIP's word-level BPE tokens. With one token per character, 20 tokens
-end after "push the sliding doo", so "... to the left side" and "... to the right side" gave the video model identical
+end after "push the sliding do", so "... to the left side" and "... to the right side" gave the video model identical
 text conditioning (simulator run 4, docs/PERFORMANCE.md). Unknown words still tokenize, into characters.
 """
 
@@ -77,6 +77,6 @@ def tiny_clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]
 
 
 def build_tiny_clip_tokenizer() -> CLIPTokenizer:
-    """The small CLIP tokenizer above (BOS 512, EOS/pad 513; words of the instruction files are single tokens)."""
+    """The small CLIP tokenizer above (BOS 512, EOS/pad 513; the instruction files' words mostly single tokens)."""
     vocab, merges = tiny_clip_vocab_and_merges()
     return CLIPTokenizer(vocab=vocab, merges=merges)

@@ -115,7 +115,7 @@ def simulate_job(job: Job, work_dir: str, max_attempts: int) -> tuple[int, bool,
     for attempt in range(max_attempts):
         rng = np.random.default_rng([job.seed, attempt])
         perturber = None
-        if job.perturbed:  # its own random stream, so the expert's choices match those of the unperturbed run
+        if job.perturbed:  # its own random stream: start state and expert draws stay those of the unperturbed plan
             perturber = Perturber(PerturbationSpec(), np.random.default_rng([job.seed, attempt, 1]))
         ep = run_expert_episode(env, job.task, rng, perturber=perturber)
         if ep.success:
