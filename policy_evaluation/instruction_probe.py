@@ -113,17 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sentences", default=str(DEFAULT_SENTENCES), help="evaluation sentences yaml")
     ap.add_argument("--output", help="also write the JSON here")
     args = ap.parse_args(argv)
-    try:
-        pairs = parse_pairs(args.pairs)
-        sentences = evaluation_sentences(Path(args.sentences), sorted({t for p in pairs for t in p}))
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     from policy_evaluation.policy_factory import CheckpointPolicyFactory, resolve_checkpoint
     from vpp_sim.env import TabletopEnv
 
-    factory = CheckpointPolicyFactory(str(resolve_checkpoint(args.action_model_folder)), args.video_model_path,
-                                      args.clip_model_path, use_ema=args.use_ema)
+    try:  # bad arguments and missing files are reported before any model is loaded
+        pairs = parse_pairs(args.pairs)
+        sentences = evaluation_sentences(Path(args.sentences), sorted({t for p in pairs for t in p}))
+        checkpoint = resolve_checkpoint(args.action_model_folder)  # CheckpointNotFoundError is a FileNotFoundError
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    factory = CheckpointPolicyFactory(str(checkpoint), args.video_model_path, args.clip_model_path,
+                                      use_ema=args.use_ema)
     policy = factory(args.device)
     env = TabletopEnv(seed=args.seed)
     try:

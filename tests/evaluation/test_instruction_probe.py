@@ -22,6 +22,7 @@ def test_parse_pairs_and_sentences(tmp_path):
     with pytest.raises(KeyError, match="no_such_task"):
         instruction_probe.evaluation_sentences(instruction_probe.DEFAULT_SENTENCES, ["no_such_task"])
     assert instruction_probe.main(["--action_model_folder", str(tmp_path), "--pairs", "open_drawer"]) == 2
+    assert instruction_probe.main(["--action_model_folder", str(tmp_path / "missing")]) == 2  # no checkpoint there
 
 
 def test_probe_on_a_tiny_checkpoint(tiny_model_dirs, tmp_path, capsys):
