@@ -31,6 +31,11 @@ class EMA:
             self.names.append(name)
             self.shadow.append(p.detach().to(torch.float32, copy=True))
 
+    def restart(self, named_params: Iterable[tuple[str, nn.Parameter]]) -> None:
+        """Start the average over from the current weights, keeping its settings (no saved average to resume, or a
+        warm start from other weights)."""
+        self.load_state_dict({name: p.detach() for name, p in named_params}, source="current weights")
+
     def decay_at(self, step: int) -> float:
         """The decay used by the update after `step` earlier updates."""
         if self.warmup_power is None:

@@ -297,7 +297,7 @@ class Trainer:
                 self.ema.load_state_dict({n: state[n] for n in self.ema.names if n in state}, source=str(ema_path))
             else:
                 log.warning("%s has no %s: EMA restarts from the current weights", ckpt, EMA_FILE)
-                self.ema = EMA(trainable_named_parameters(self.policy), self.ema.decay, self.ema.warmup_power)
+                self.ema.restart(trainable_named_parameters(self.policy))
         ts = ckpt / "training_state"
         self.optimizer.load_state_dict(load_torch(ts / "optimizer.pt"))
         self.scheduler.load_state_dict(load_torch(ts / "scheduler.pt"))
@@ -418,7 +418,7 @@ class Trainer:
             src = resolve_checkpoint_dir(init_from)
             load_policy_weights(self.policy, read_state_file(src / MODEL_FILE), source=str(src / MODEL_FILE))
             if self.ema is not None:
-                self.ema = EMA(trainable_named_parameters(self.policy), self.ema.decay, self.ema.warmup_power)
+                self.ema.restart(trainable_named_parameters(self.policy))
             log.info("initialised the trainable weights from %s", src)
         n_params = sum(p.numel() for _, p in trainable_named_parameters(self.policy))
         if self.is_main:

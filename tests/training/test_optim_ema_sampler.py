@@ -99,6 +99,8 @@ def test_ema_warmup_schedule_forgets_the_initial_weights():
     assert warm.state_dict()["w"].item() == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="warmup_power"):
         EMA([("w", p)], warmup_power=0.0)
+    warm.restart([("w", torch.full((1,), 3.0))])  # back to the given weights, settings kept
+    assert warm.state_dict()["w"].item() == 3.0 and warm.warmup_power == 2 / 3 and warm.decay == 0.999
 
 
 def test_sampler_shards_cover_and_resume():

@@ -140,6 +140,8 @@ def test_init_from_warm_start(calvin_root, tmp_path):
     wa = load_file(str(a.last_checkpoint / "model.safetensors"))
     wb = load_file(str(b.last_checkpoint / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ema_b = load_file(str(b.last_checkpoint / "ema.safetensors"))  # the average restarts from the loaded weights
+    assert all(torch.equal(ema_b[k], wa[k].float()) for k in ema_b)
     (tmp_path / "released.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="convert_vpp_checkpoint"):
         train(tiny_calvin_cfg(calvin_root, tmp_path / "c", "training.max_steps=0",
