@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SENTENCES = REPO_ROOT / "policy_conf" / "annotations" / "new_playtable_validation.yaml"
+from policy_evaluation.suites import DEFAULT_ANNOTATIONS, load_instructions
+
 DEFAULT_PAIRS = "move_slider_left:move_slider_right,turn_on_led:turn_off_led,open_drawer:close_drawer"
 
 
@@ -89,14 +88,12 @@ def probe_pair(policy: Any, env: Any, task_a: str, task_b: str, sentences: dict[
 
 
 def evaluation_sentences(path: Path, tasks: Sequence[str]) -> dict[str, str]:
-    """The first evaluation sentence of each task (what the evaluator says to the policy)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"instruction file {path} not found (--sentences)")
-    data = yaml.safe_load(path.read_text()) or {}
-    missing = [t for t in tasks if t not in data]
+    """The evaluator's sentence for each task (entry [0] of its list, `suites.load_instructions`)."""
+    instructions = load_instructions(path)
+    missing = [t for t in tasks if t not in instructions]
     if missing:
         raise KeyError(f"{path}: no sentence for tasks {missing}")
-    return {t: data[t][0] for t in tasks}
+    return {t: instructions[t] for t in tasks}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--use_ema", action="store_true")
-    ap.add_argument("--sentences", default=str(DEFAULT_SENTENCES), help="evaluation sentences yaml")
+    ap.add_argument("--sentences", default=str(DEFAULT_ANNOTATIONS), help="evaluation sentences yaml")
     ap.add_argument("--output", help="also write the JSON here")
     args = ap.parse_args(argv)
     from policy_evaluation.policy_factory import CheckpointPolicyFactory, resolve_checkpoint

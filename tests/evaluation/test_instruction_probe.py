@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from policy_evaluation import instruction_probe
+from policy_evaluation.suites import DEFAULT_ANNOTATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,11 +17,11 @@ def test_parse_pairs_and_sentences(tmp_path):
     assert instruction_probe.parse_pairs("a:b, c:d") == [("a", "b"), ("c", "d")]
     with pytest.raises(ValueError, match="task_a:task_b"):
         instruction_probe.parse_pairs("a:b,c")
-    sentences = instruction_probe.evaluation_sentences(instruction_probe.DEFAULT_SENTENCES,
+    sentences = instruction_probe.evaluation_sentences(DEFAULT_ANNOTATIONS,
                                                        ["move_slider_left", "move_slider_right"])
     assert sentences["move_slider_left"] == "push the sliding door to the left side"
     with pytest.raises(KeyError, match="no_such_task"):
-        instruction_probe.evaluation_sentences(instruction_probe.DEFAULT_SENTENCES, ["no_such_task"])
+        instruction_probe.evaluation_sentences(DEFAULT_ANNOTATIONS, ["no_such_task"])
     assert instruction_probe.main(["--action_model_folder", str(tmp_path), "--pairs", "open_drawer"]) == 2
     assert instruction_probe.main(["--action_model_folder", str(tmp_path / "missing")]) == 2  # no checkpoint there
 
