@@ -1,28 +1,16 @@
 """The CLI end to end with a real (tiny, random) VPP policy checkpoint on the built-in simulator."""
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
-from omegaconf import OmegaConf
 
 from policy_evaluation import calvin_evaluate
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_cli_with_tiny_checkpoint_on_sim(tiny_model_dirs, tmp_path, capsys):
+def test_cli_with_tiny_checkpoint_on_sim(save_tiny_checkpoint, tmp_path, capsys):
     pytest.importorskip("pybullet")
-    from policy_models.checkpoints import save_policy_checkpoint
-    from policy_models.policy import build_policy
-
-    svd, clip = tiny_model_dirs
-    torch.manual_seed(0)
-    cfg = OmegaConf.load(REPO_ROOT / "policy_conf" / "model" / "tiny.yaml")
-    policy = build_policy(cfg, video_model_path=str(svd), clip_model_path=str(clip)).eval()
     run = tmp_path / "run"
-    save_policy_checkpoint(run / "checkpoints" / "step_0000010", policy)
+    _, svd, clip = save_tiny_checkpoint(run / "checkpoints" / "step_0000010")
     (run / "checkpoints" / "last").write_text("step_0000010")
 
     out = tmp_path / "eval"

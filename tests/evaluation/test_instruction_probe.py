@@ -1,16 +1,11 @@
 """The instruction probe: paired instructions from the same start, against sampling noise, on a tiny checkpoint."""
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
-from omegaconf import OmegaConf
 
 from policy_evaluation import instruction_probe
 from policy_evaluation.suites import DEFAULT_ANNOTATIONS
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_parse_pairs_and_sentences(tmp_path):
@@ -26,18 +21,11 @@ def test_parse_pairs_and_sentences(tmp_path):
     assert instruction_probe.main(["--action_model_folder", str(tmp_path / "missing")]) == 2  # no checkpoint there
 
 
-def test_probe_on_a_tiny_checkpoint(tiny_model_dirs, tmp_path, capsys):
+def test_probe_on_a_tiny_checkpoint(save_tiny_checkpoint, tmp_path, capsys):
     pytest.importorskip("pybullet")
-    from policy_models.checkpoints import save_policy_checkpoint
-    from policy_models.policy import build_policy
-
-    svd, clip = tiny_model_dirs
-    torch.manual_seed(0)
-    cfg = OmegaConf.load(REPO_ROOT / "policy_conf" / "model" / "tiny.yaml")
-    policy = build_policy(cfg, video_model_path=str(svd), clip_model_path=str(clip)).eval()
-    save_policy_checkpoint(tmp_path / "ckpt", policy)
+    ckpt, svd, clip = save_tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "probe.json"
-    rc = instruction_probe.main(["--action_model_folder", str(tmp_path / "ckpt"), "--video_model_path", str(svd),
+    rc = instruction_probe.main(["--action_model_folder", str(ckpt), "--video_model_path", str(svd),
                                  "--clip_model_path", str(clip), "--pairs", "move_slider_left:move_slider_right",
                                  "--starts", "1", "--output", str(out)])
     assert rc == 0

@@ -134,19 +134,8 @@ def test_cli_option_errors(tmp_path, capsys):
     assert folder.name.startswith("eval_sim_6tasks-") and folder.name.endswith("_single10_baseline_random")
 
 
-def test_cli_with_tiny_checkpoint_and_video(tiny_model_dirs, tmp_path, capsys):
-    import torch
-    from omegaconf import OmegaConf
-
-    from policy_models.checkpoints import save_policy_checkpoint
-    from policy_models.policy import build_policy
-
-    svd, clip = tiny_model_dirs
-    torch.manual_seed(0)
-    cfg = OmegaConf.load(REPO_ROOT / "policy_conf" / "model" / "tiny.yaml")
-    policy = build_policy(cfg, video_model_path=str(svd), clip_model_path=str(clip)).eval()
-    ckpt = tmp_path / "ckpt"
-    save_policy_checkpoint(ckpt, policy)
+def test_cli_with_tiny_checkpoint_and_video(save_tiny_checkpoint, tmp_path, capsys):
+    ckpt, svd, clip = save_tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "eval"
     argv = ["--action_model_folder", str(ckpt), "--video_model_path", str(svd), "--clip_model_path", str(clip),
             "--env", "sim", "--sim_tasks", "turn_on_led", "--single_task_trials", "1", "--ep_len", "2",
