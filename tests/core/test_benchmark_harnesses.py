@@ -29,10 +29,21 @@ def test_policy_inference_reports_cudnn_exactness(monkeypatch, capsys):
     import torch
 
     from benchmarks import policy_step
+    from policy_models.policy import VPPPolicy
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    modes = []
+    predict = VPPPolicy.predict_action_chunk
+
+    def recording_predict(self, *args, **kwargs):
+        modes.append(self.training)
+        return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(VPPPolicy, "predict_action_chunk", recording_predict)
     out = run_harness(policy_step, ["--tiny", "--device", "cpu", "--mode", "inference", "--warmup", "0", "--iters", "1",
                                     "--cudnn-benchmark"], monkeypatch, capsys)
+    # timed as the evaluator and the server run it: a policy in eval mode (no mode switches inside the timed call)
+    assert modes and not any(modes)
     assert out["settings"]["size"] == "tiny" and out["time"]["median_ms"] > 0
     assert 0 < out["time"]["host_median_ms"] <= out["time"]["median_ms"]  # the host part of each call
     # the CPU has no cuDNN, so the comparison with cuDNN's default choice must come out exact
