@@ -522,11 +522,11 @@ class VPPPolicy(nn.Module):
 
     def use_fastest_exact_inference(self, cudnn_benchmark: bool = False) -> None:
         """The fastest inference that is bit-identical to eager on this device: one CUDA graph per chunk on CUDA
-        (about 3x faster at batch 1, docs/PERFORMANCE.md), eager elsewhere. Capture happens on the first call, so
-        callers must not run other CUDA work of this process concurrently with it.
+        (about 6x faster at batch 1 on an H100, docs/PERFORMANCE.md), eager elsewhere. Capture happens on the first
+        call, so callers must not run other CUDA work of this process concurrently with it.
 
         `cudnn_benchmark` (opt-in, CUDA only) also sets the process-wide `torch.backends.cudnn.benchmark`: cuDNN
-        times its convolution algorithms once per shape and keeps the fastest (2-13% less time per chunk at batch 1
+        times its convolution algorithms once per shape and keeps the fastest (0-13% less time per chunk at batch 1
         on an H100). Same math, but other algorithms may round differently than the default choice."""
         self.cuda_graph = "chunk" if self.device.type == "cuda" else "off"  # drops graphs captured before
         if cudnn_benchmark and self.device.type == "cuda":
