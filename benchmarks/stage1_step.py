@@ -3,6 +3,7 @@
     python benchmarks/stage1_step.py --batch 6 --precision bf16 --checkpointing layers
     python benchmarks/stage1_step.py --tiny --device cpu --batch 1     # smoke run on a laptop
     python benchmarks/stage1_step.py --size small_sim --batch 16 --checkpointing none   # the simulator experiment's
+    python benchmarks/stage1_step.py --batch 6 --bf16-weights     # measurement only: what dropping the casts would save
 
 The step is the real training math (video_models.edm.video_diffusion_loss on 16x4x32x32 latents with text tokens
 20x1024 at full size), AdamW (lr 5e-6, wd 0) and gradient clipping 1.0, exactly what step1_train_svd.py runs per batch.
@@ -31,6 +32,19 @@ from video_models.checkpointing import configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
 
 
+class _BF16Inputs(torch.nn.Module):
+    """Feeds a bf16 U-Net the loss function's fp32 sample and text tokens in bf16 (for --bf16-weights)."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                added_time_ids: torch.Tensor):
+        return self.unet(sample.to(torch.bfloat16), timestep,
+                         encoder_hidden_states=encoder_hidden_states.to(torch.bfloat16), added_time_ids=added_time_ids)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=6)
@@ -41,6 +55,10 @@ def main() -> None:
                              "layers = every ResNet and transformer")
     parser.add_argument("--optimizer", choices=["fused", "foreach", "per-tensor"], default="fused",
                         help="per-tensor = one param group per tensor and no foreach, like the original")
+    parser.add_argument("--bf16-weights", action="store_true",
+                        help="measurement only: U-Net weights in bf16, no autocast, AdamW on the bf16 weights. An "
+                             "upper bound for bf16 weights with fp32 master copies; not a training setting, since "
+                             "updates below bf16's resolution are lost")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (inductor, default mode)")
     parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
     parser.add_argument("--size", choices=["full", *SMALL_VIDEO_CONFIGS], default="full",
@@ -62,6 +80,10 @@ def main() -> None:
     else:
         unet_cfg, latent = None, 32  # 256 x 256 video, as step1_train_svd.py trains it
     unet = build_unet(unet_cfg).to(device).train()
+    if args.bf16_weights:
+        if args.precision == "fp16":
+            parser.error("--bf16-weights replaces autocast; use it without --precision fp16")
+        unet = unet.to(torch.bfloat16)
     configure_gradient_checkpointing(unet, args.checkpointing)
     if args.channels_last:
         conv2d_channels_last(unet)
@@ -78,7 +100,7 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
 
     def autocast():
-        if args.precision == "fp32":
+        if args.precision == "fp32" or args.bf16_weights:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=dtype)
 
@@ -88,6 +110,8 @@ def main() -> None:
     time_ids = micro_conditioning(args.batch, 7, 127, 0.0, device, torch.float32)
 
     model = torch.compile(unet) if args.compile else unet
+    if args.bf16_weights:
+        model = _BF16Inputs(model)
 
     def step() -> None:
         with autocast():
@@ -107,6 +131,7 @@ def main() -> None:
         "benchmark": "stage1_train_step",
         "settings": {**vars(args), "latent": [frames, 4, latent, latent], "text_tokens": [20, text_dim]},
         "unet_parameters": count_parameters(unet),
+        "parameter_dtype": str(next(unet.parameters()).dtype).removeprefix("torch."),
         "environment": environment(),
         "step": timing,
         "samples_per_s": args.batch / (timing["median_ms"] / 1000),

@@ -19,10 +19,19 @@ def test_stage1_step_sizes(size, latent, monkeypatch, capsys):
     out = run_harness(stage1_step, ["--size", size, "--device", "cpu", "--batch", "1", "--warmup", "0", "--iters", "1",
                                     "--precision", "fp32", "--checkpointing", "none", "--profile", "5"],
                       monkeypatch, capsys)
-    assert out["settings"]["latent"] == [16, 4, latent, latent]
+    assert out["settings"]["latent"] == [16, 4, latent, latent] and out["parameter_dtype"] == "float32"
     assert out["step"]["median_ms"] > 0 and out["samples_per_s"] > 0
     # CPU: no GPU kernels to list and no device timeline, but the block exists
     assert set(out["profile"]) == {"gpu_ms_per_call", "kernels", "timeline"} and out["profile"]["timeline"] is None
+
+
+def test_stage1_step_bf16_weights_measurement(monkeypatch, capsys):
+    from benchmarks import stage1_step
+
+    out = run_harness(stage1_step, ["--tiny", "--device", "cpu", "--batch", "1", "--warmup", "0", "--iters", "1",
+                                    "--checkpointing", "layers", "--bf16-weights"], monkeypatch, capsys)
+    assert out["parameter_dtype"] == "bfloat16" and out["settings"]["bf16_weights"] is True
+    assert out["step"]["median_ms"] > 0
 
 
 def test_policy_inference_reports_cudnn_exactness(monkeypatch, capsys):
