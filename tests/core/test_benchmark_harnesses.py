@@ -34,7 +34,7 @@ def test_stage1_step_bf16_weights_measurement(monkeypatch, capsys):
     assert out["step"]["median_ms"] > 0
 
 
-def test_policy_inference_reports_cudnn_exactness(monkeypatch, capsys):
+def test_policy_inference_times_eval_mode_and_reports_cudnn_exactness(monkeypatch, capsys):
     import torch
 
     from benchmarks import policy_step
