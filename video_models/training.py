@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 6,
     "mixed_precision": "auto",
     "gradient_checkpointing": "layers",  # none | diffusers (what the original forced) | blocks | layers; true = layers
+    "compile_unet": None,  # opt-in torch.compile mode of the training forward (COMPILE_MODES); not bit-identical
     "report_to": "wandb",  # wandb | none ; WANDB_MODE defaults to offline
     "train_args": {
         "project_name": "svd_xhand_cleancode",
@@ -112,6 +113,9 @@ DEFAULTS: dict[str, Any] = {
         "text_drop_prob": 0.05,
     },
 }
+
+# torch.compile modes for `compile_unet`: inductor without its own CUDA graphs (the step's buffers change every step)
+COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
 
 # Keys of the original yaml that never had an effect (vpp_reference §12.4); accepted with a warning so that the
 # original config files still load.
@@ -187,6 +191,8 @@ def resolve_train_config(cfg: DictConfig | dict) -> DictConfig:
         user.pop(key)
     user["train_args"] = {k: v for k, v in train_args.items() if k not in LEGACY_TRAIN_ARGS}
     merged = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.create(user))
+    if merged.compile_unet not in COMPILE_MODES:
+        raise ConfigError(f"compile_unet must be one of {list(COMPILE_MODES)}, got {merged.compile_unet!r}")
     missing = [k for k in REQUIRED if OmegaConf.select(merged, k) in (None, "")]
     if missing:
         raise ConfigError(
@@ -500,6 +506,10 @@ class Stage1Trainer:
             num_training_steps=int(cfg.max_train_steps) * acc.num_processes,
         )
         self.unet, self.optimizer, self.lr_scheduler = acc.prepare(self.unet, optimizer, lr_scheduler)
+        # the compiled module shares the weights; only the training forward goes through it, so validation (no
+        # grad) does not trigger a second compilation and saving sees the plain module
+        mode = cfg.compile_unet
+        self.train_unet = torch.compile(self.unet, mode=mode) if mode else self.unet
 
     # ------------------------------------------------------------------------------------------------ the step
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
@@ -519,8 +529,9 @@ class Stage1Trainer:
         time_ids = micro_conditioning(
             latents.shape[0], float(self.args.fps), float(self.args.motion_bucket_id), 0.0, latents.device, emb.dtype
         )
+        unet = self.train_unet if torch.is_grad_enabled() else self.unet
         with self.accelerator.autocast():
-            return video_diffusion_loss(self.unet, latents, emb, time_ids, self.scaling_factor, generator=generator)
+            return video_diffusion_loss(unet, latents, emb, time_ids, self.scaling_factor, generator=generator)
 
     # ------------------------------------------------------------------------------------------------ training
     def train(self) -> TrainResult:
