@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     add_backend_arguments(parser)
     args = parser.parse_args()
+    if args.bf16_weights and args.precision == "fp16":
+        parser.error("--bf16-weights replaces autocast; use it without --precision fp16")
 
     device = torch.device(args.device)
     configure_backends(args)
@@ -81,8 +83,6 @@ def main() -> None:
         unet_cfg, latent = None, 32  # 256 x 256 video, as step1_train_svd.py trains it
     unet = build_unet(unet_cfg).to(device).train()
     if args.bf16_weights:
-        if args.precision == "fp16":
-            parser.error("--bf16-weights replaces autocast; use it without --precision fp16")
         unet = unet.to(torch.bfloat16)
     configure_gradient_checkpointing(unet, args.checkpointing)
     if args.channels_last:

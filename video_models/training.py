@@ -114,7 +114,7 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-# torch.compile modes for `compile_unet`: inductor without its own CUDA graphs (the step's buffers change every step)
+# torch.compile modes for `compile_unet`: inductor's modes without its own CUDA graphs, which were not tried in training
 COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
 
 # Keys of the original yaml that never had an effect (vpp_reference §12.4); accepted with a warning so that the

@@ -32,6 +32,10 @@ def test_stage1_step_bf16_weights_measurement(monkeypatch, capsys):
                                     "--checkpointing", "layers", "--bf16-weights"], monkeypatch, capsys)
     assert out["parameter_dtype"] == "bfloat16" and out["settings"]["bf16_weights"] is True
     assert out["step"]["median_ms"] > 0
+    with pytest.raises(SystemExit):  # refused before any model is built
+        run_harness(stage1_step, ["--tiny", "--device", "cpu", "--bf16-weights", "--precision", "fp16"],
+                    monkeypatch, capsys)
+    assert "--bf16-weights replaces autocast" in capsys.readouterr().err
 
 
 def test_policy_inference_times_eval_mode_and_reports_cudnn_exactness(monkeypatch, capsys):
