@@ -2,6 +2,7 @@
 
     python benchmarks/policy_step.py --mode inference --batch 1
     python benchmarks/policy_step.py --mode inference --batch 1 --cuda-graph chunk --compile
+    python benchmarks/policy_step.py --mode inference --batch 1 --cuda-graph chunk --compile --compile-head --components
     python benchmarks/policy_step.py --mode train --batch 32 --precision bf16
     python benchmarks/policy_step.py --tiny --device cpu --mode inference      # smoke run on a laptop
     python benchmarks/policy_step.py --size small_sim --mode train --batch 64  # the simulator experiment's models
@@ -9,8 +10,9 @@
 The full-size model is the CALVIN configuration (policy_conf/model/calvin.yaml: 2 cameras, 10 x 7 actions) on a
 random full-size SVD U-Net/VAE (fp16, as released) and a random CLIP ViT-B/32 text tower. Inference is
 `predict_action_chunk` from 200x200 and 84x84 uint8 camera images (preprocessing included), optionally with CUDA-graph
-replay (`--cuda-graph sampler|chunk`, exact) and a compiled U-Net pass (`--compile [MODE]`, close, not bit-identical);
-with either, the output's "exactness" block gives the largest difference to the eager chunk for the same noise. The
+replay (`--cuda-graph sampler|chunk`, exact) and compiled VAE and U-Net passes (`--compile [MODE]`, close, not
+bit-identical); with either, the output's "exactness" block gives the largest difference to the eager chunk for the
+same noise. `--components` adds the GPU time of each stage of the chunk (benchmarks/chunk_components.py). The
 training step is `compute_loss` + backward + AdamW on the trainable Video Former and DiT, as
 step2_train_action_calvin.py runs it.
 """
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from benchmarks.chunk_components import component_times
 from benchmarks.common import (
     SMALL_VIDEO_CONFIGS,
     add_backend_arguments,
@@ -72,11 +75,13 @@ def camera_images(policy, batch: int, rng: np.random.Generator) -> dict[str, np.
             for cam in policy.embodiment.cameras}
 
 
-def exactness(policy, obs: dict, instruction: str, device: torch.device) -> dict[str, float]:
+def exactness(policy, obs: dict, instruction: str, device: torch.device,
+              fast_context=contextlib.nullcontext) -> dict[str, float]:
     """Largest |difference| between the chunks of the benchmarked settings and eager ones, for the same noise: drawn
     from an explicit generator (noise made outside any graph) and from the default generator after the same
-    `torch.manual_seed` (noise drawn inside the chunk graph). Graph modes are exact (0.0); a compiled U-Net is close.
-    With cuDNN autotuning on, the graph is also compared with eager under cuDNN's default algorithm choice."""
+    `torch.manual_seed` (noise drawn inside the chunk graph). Graph modes are exact (0.0); compiled passes are close.
+    With cuDNN autotuning on, the graph is also compared with eager under cuDNN's default algorithm choice.
+    `fast_context` wraps the benchmarked settings' calls only (an autocast under test); eager runs without it."""
 
     def chunks() -> tuple[torch.Tensor, torch.Tensor]:
         with_generator = policy.predict_action_chunk(obs, instruction, generator=torch.Generator(device).manual_seed(0))
@@ -84,16 +89,18 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device) -> dict
         torch.manual_seed(1)
         return with_generator, policy.predict_action_chunk(obs, instruction)
 
-    mode, compile_mode = policy.cuda_graph, policy.video_compile_mode
-    fast = chunks()
+    mode, compile_mode, head_mode = policy.cuda_graph, policy.video_compile_mode, policy.action_head_compile_mode
+    with fast_context():
+        fast = chunks()
     policy.cuda_graph = "off"
     eager = chunks()
     out = {f"max_abs_diff_vs_eager_{k}": float((a - b).abs().max()) for k, a, b in
            zip(("same_generator", "same_seed"), fast, eager)}
-    if compile_mode is not None:
-        policy.compile_video_model(None)
+    if compile_mode is not None or head_mode is not None:
+        policy.compile_for_inference(None)
         out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
         policy.compile_video_model(compile_mode)
+        policy.compile_action_head(head_mode)
     if torch.backends.cudnn.benchmark:
         torch.backends.cudnn.benchmark = False  # cuDNN's default algorithm choice
         out["max_abs_diff_vs_default_cudnn_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
@@ -120,10 +127,21 @@ def main() -> None:
     parser.add_argument("--cuda-graph-sampler", dest="cuda_graph", action="store_const", const="sampler",
                         help="same as --cuda-graph sampler")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                        help="torch.compile the partial U-Net pass (policy.compile_video_model(MODE); MODE defaults "
-                             "to 'default')")
+                        help="torch.compile the VAE encode and the partial U-Net pass "
+                             "(policy.compile_video_model(MODE); MODE defaults to 'default')")
     parser.add_argument("--channels-last", action="store_true",
                         help="frozen U-Net and VAE weights in channels-last memory format (same math, other kernels)")
+    parser.add_argument("--compile-head", nargs="?", const="default", default=None, metavar="MODE",
+                        help="inference: torch.compile the Video Former, the DiT encoder and the DiT decoder step "
+                             "(policy.compile_action_head(MODE); MODE defaults to 'default')")
+    parser.add_argument("--inductor-freezing", action="store_true",
+                        help="inference, experiment: torch._inductor.config.freezing = True (weights folded into the "
+                             "compiled graph as constants; later in-place weight updates are not seen)")
+    parser.add_argument("--inference-autocast", choices=["bf16", "fp16"], default=None,
+                        help="inference, experiment: run the chunk under autocast, so the fp32 Video Former and DiT "
+                             "compute in half precision (the frozen video model already runs in its own dtype)")
+    parser.add_argument("--components", action="store_true",
+                        help="inference: also time each stage of the chunk on its own, as its own CUDA graph")
     parser.add_argument("--no-text-cache", action="store_true",
                         help="inference: re-encode the instruction every call (predict_action_chunk(cache_text=False))")
     add_backend_arguments(parser)
@@ -136,8 +154,14 @@ def main() -> None:
     if args.channels_last:
         for module in (policy.tvp_encoder.unet, policy.tvp_encoder.vae):
             conv2d_channels_last(module)
+    if args.inductor_freezing:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.freezing = True
     if args.compile is not None:
         policy.compile_video_model(args.compile)
+    if args.compile_head:
+        policy.compile_action_head(args.compile_head)
     policy.cuda_graph = args.cuda_graph
     rng = np.random.default_rng(0)
     e = policy.embodiment
@@ -149,8 +173,15 @@ def main() -> None:
         policy.eval()
         obs = {"rgb_obs": camera_images(policy, args.batch, rng)}
 
+        def inference_autocast():
+            if args.inference_autocast is None:
+                return contextlib.nullcontext()
+            # no cast cache: cached casts made while a CUDA graph is captured would be freed under the graph
+            return torch.autocast(device.type, dtype=dtypes[args.inference_autocast], cache_enabled=False)
+
         def run() -> None:
-            out = policy.predict_action_chunk(obs, instruction, cache_text=not args.no_text_cache)
+            with inference_autocast():
+                out = policy.predict_action_chunk(obs, instruction, cache_text=not args.no_text_cache)
             assert out.shape == (args.batch, e.chunk_length, e.action_dim)
     else:
         policy.train()
@@ -188,8 +219,12 @@ def main() -> None:
     }
     if args.profile:  # before the exactness check, which drops the captured graphs (their recapture is not a call)
         result["profile"] = kernel_profile(run, device, args.profile)
-    if args.mode == "inference" and (args.cuda_graph != "off" or args.compile is not None or args.cudnn_benchmark):
-        result["exactness"] = exactness(policy, obs, instruction, device)
+    if args.mode == "inference" and args.components:
+        with inference_autocast():
+            result["components"] = component_times(policy, obs, instruction, args.warmup, args.iters)
+    if args.mode == "inference" and (args.cuda_graph != "off" or args.compile is not None or args.cudnn_benchmark
+                                     or args.inference_autocast or args.compile_head):
+        result["exactness"] = exactness(policy, obs, instruction, device, inference_autocast)
     if args.mode == "train":
         result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)
     emit(result)

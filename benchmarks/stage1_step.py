@@ -60,6 +60,9 @@ def main() -> None:
                              "upper bound for bf16 weights with fp32 master copies; not a training setting, since "
                              "updates below bf16's resolution are lost")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (inductor, default mode)")
+    parser.add_argument("--compile-memory-budget", type=float, default=None, metavar="F",
+                        help="with --compile: torch._functorch.config.activation_memory_budget = F (0-1), the share "
+                             "of the activations inductor may keep for the backward pass; it recomputes the rest")
     parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
     parser.add_argument("--size", choices=["full", *SMALL_VIDEO_CONFIGS], default="full",
                         help="U-Net size: full (SVD), small_sim or tiny (video_conf/small_sim.yaml, tiny.yaml)")
@@ -71,6 +74,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.bf16_weights and args.precision == "fp16":
         parser.error("--bf16-weights replaces autocast; use it without --precision fp16")
+    if args.compile_memory_budget is not None:
+        if not args.compile:
+            parser.error("--compile-memory-budget needs --compile")
+        if not 0.0 <= args.compile_memory_budget <= 1.0:
+            parser.error(f"--compile-memory-budget must be in [0, 1], got {args.compile_memory_budget}")
+        from torch._functorch import config as functorch_config
+
+        functorch_config.activation_memory_budget = args.compile_memory_budget
 
     device = torch.device(args.device)
     configure_backends(args)

@@ -386,7 +386,8 @@ def stats_of(policy: Any):
 
 
 def load_server_policy(checkpoint: str, video_model_path: str | None = None, clip_model_path: str | None = None,
-                       device: str = "cuda", use_ema: bool = False, cudnn_benchmark: bool = False):
+                       device: str = "cuda", use_ema: bool = False, cudnn_benchmark: bool = False,
+                       compile_mode: str | None = None):
     """The policy of a stage-2 checkpoint folder (or a run folder with a ``last`` pointer), stats attached."""
     import importlib
 
@@ -395,10 +396,14 @@ def load_server_policy(checkpoint: str, video_model_path: str | None = None, cli
                          device=device, use_ema=use_ema)
     # inference runs under the server's lock, so the first request's graph capture overlaps no other CUDA work
     policy.use_fastest_exact_inference(cudnn_benchmark=cudnn_benchmark)
+    if compile_mode is not None:
+        policy.compile_for_inference(compile_mode)
     return policy
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
+    from policy_models.config import INFERENCE_COMPILE_MODES
+
     p.add_argument("--checkpoint", help="stage-2 checkpoint folder (config.yaml, model.safetensors, stats.json)")
     p.add_argument("--video_model_path", default=None, help="stage-1 video model folder (default: from the config)")
     p.add_argument("--clip_model_path", default=None, help="CLIP text model folder (default: from the config)")
@@ -406,6 +411,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use_ema", action="store_true", help="load ema.safetensors instead of model.safetensors")
     p.add_argument("--cudnn_benchmark", action="store_true",
                    help="CUDA: cuDNN picks the fastest convolution algorithms (faster chunks; may round differently)")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=INFERENCE_COMPILE_MODES,
+                   metavar="MODE", help="torch.compile the video model's passes and the action head (MODE: default or "
+                   "max-autotune-no-cudagraphs; faster chunks, close to eager but not bit-identical)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=os.environ.get("VPP_POLICY_TOKEN"),
@@ -428,7 +436,7 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         policy = load_server_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
-                                    args.use_ema, args.cudnn_benchmark)
+                                    args.use_ema, args.cudnn_benchmark, args.compile)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,

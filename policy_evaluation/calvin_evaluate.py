@@ -51,6 +51,7 @@ def _repo_path(p: str | Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     from policy_evaluation.baselines import BASELINES
+    from policy_models.config import INFERENCE_COMPILE_MODES
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video_model_path", help="stage-1 video model folder (default: the checkpoint config's)")
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--use_ema", action="store_true", default=None)
     ap.add_argument("--cudnn_benchmark", action="store_true", default=None,
                     help="CUDA: cuDNN picks the fastest convolution algorithms (faster chunks; may round differently)")
+    ap.add_argument("--compile", nargs="?", const="default", choices=INFERENCE_COMPILE_MODES, metavar="MODE",
+                    help="torch.compile the video model's passes and the action head (MODE: default or "
+                         "max-autotune-no-cudagraphs; faster chunks, close to eager but not bit-identical)")
     egl = ap.add_mutually_exclusive_group()
     egl.add_argument("--egl", dest="use_egl", action="store_true", default=None, help="force EGL rendering")
     egl.add_argument("--no_egl", dest="use_egl", action="store_false", help="pybullet's CPU TinyRenderer")
@@ -227,6 +231,7 @@ def main_evaluate(argv: list[str]) -> int:
                 use_ema=bool(pick("use_ema", False)),
                 dtype=cfg.get("dtype"),
                 cudnn_benchmark=bool(pick("cudnn_benchmark", False)),
+                compile_mode=_compile_mode(pick("compile")),
             )
         output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
             args.action_model_folder or BASELINE_OUTPUT_ROOT, env, factory.name, shard, sim_tasks, trials
@@ -272,6 +277,18 @@ def main_evaluate(argv: list[str]) -> int:
     print_metrics(metrics, title + ":")
     print(f"Saved {output_dir / 'results.json'}")
     return 0
+
+
+def _compile_mode(value: Any) -> str | None:
+    """The `compile` setting (flag or yaml): None when off, else one of INFERENCE_COMPILE_MODES."""
+    from policy_evaluation.runner import EvaluationError
+    from policy_models.config import INFERENCE_COMPILE_MODES
+
+    if value in (None, False, "null", "none"):
+        return None
+    if value not in INFERENCE_COMPILE_MODES:
+        raise EvaluationError(f"compile must be null or one of {list(INFERENCE_COMPILE_MODES)}, got {value!r}")
+    return str(value)
 
 
 def _single_task_trials(value: Any, args: argparse.Namespace, env: str, shard: tuple[int, int]) -> int | None:

@@ -58,6 +58,7 @@ class CheckpointPolicyFactory:
     use_ema: bool = False
     dtype: str | None = None
     cudnn_benchmark: bool = False
+    compile_mode: str | None = None
 
     @property
     def name(self) -> str:
@@ -67,7 +68,7 @@ class CheckpointPolicyFactory:
     def settings(self) -> dict[str, Any]:
         """What changes the policy's behaviour (recorded in eval_config.json; a resume must match)."""
         return {"overrides": dict(self.overrides), "use_ema": self.use_ema, "dtype": self.dtype,
-                "cudnn_benchmark": self.cudnn_benchmark}
+                "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compile_mode}
 
     def __call__(self, device: str):
         from policy_models.checkpoints import load_policy
@@ -82,4 +83,6 @@ class CheckpointPolicyFactory:
             use_ema=self.use_ema,
         )
         policy.use_fastest_exact_inference(cudnn_benchmark=self.cudnn_benchmark)
+        if self.compile_mode is not None:
+            policy.compile_for_inference(self.compile_mode)
         return policy

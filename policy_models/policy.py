@@ -11,7 +11,7 @@ Sub-module names match the original so the trainable state_dict is `Video_Former
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -295,11 +295,15 @@ class VPPPolicy(nn.Module):
     def _features(self, imgs: Sequence[torch.Tensor], text_tokens: torch.Tensor,
                   generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """`extract_features` from prepared camera images and the U-Net text tokens of (texts * n_cams)."""
-        batch = imgs[0].shape[0]
         feats = self.tvp_encoder.features(torch.cat(list(imgs), dim=0), text_tokens, generator=generator, noise=noise)
-        feats = rearrange(feats, "b f c h w -> b f (h w) c")[:, : self.config.model.former.num_time_embeds]
-        feats = torch.cat(feats.split(batch, dim=0), dim=2)
-        return feats.float()
+        return self._feature_layout(feats, imgs[0].shape[0])
+
+    def _feature_layout(self, feats: torch.Tensor, batch: int) -> torch.Tensor:
+        """U-Net features of the cameras stacked on the batch, (n_cams * B, F, C, h, w) -> the Video Former's input
+        (B, num_time_embeds, n_cams * h * w, C) float32."""
+        feats = rearrange(feats, "b f c h w -> b f (h w) c")[:, : self.config.model.former.num_time_embeds].float()
+        # cast before the concatenation: under autocast, torch.cat would otherwise reject fp16 inputs on the CPU
+        return torch.cat(feats.split(batch, dim=0), dim=2)
 
     def encode_goal(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
         self._require_backbone()
@@ -376,7 +380,8 @@ class VPPPolicy(nn.Module):
     def _denoise_loop(self, context: torch.Tensor, x: torch.Tensor, schedule: tuple) -> torch.Tensor:
         """The sampler's steps: decoder calls on the fixed encoder context."""
         sigmas = self._sigmas(schedule, context.device)
-        return get_sampler(schedule[0])(lambda x_t, sigma: self.model.denoise(context, x_t, sigma), x, sigmas)
+        denoise = self._action_head_fn("denoise", self.model.denoise)
+        return get_sampler(schedule[0])(lambda x_t, sigma: denoise(context, x_t, sigma), x, sigmas)
 
     @torch.no_grad()
     def sample_actions(
@@ -417,13 +422,13 @@ class VPPPolicy(nn.Module):
     def _graph_fingerprint(self) -> tuple:
         """What else a graph depends on: where the weights live (a graph reads them by address; in-place updates
         such as load_state_dict are seen by the graph, moved or recast weights need a new one), autocast and the
-        compile setting of the U-Net pass."""
+        compile setting of the video model's passes."""
         parts = [self.Video_Former, self.model]
         if self.tvp_encoder is not None:
             parts += [self.tvp_encoder.unet, self.tvp_encoder.vae]
         ptrs = tuple((w.data_ptr(), w.dtype) for w in (next(m.parameters()) for m in parts))
         compile_mode = None if self.tvp_encoder is None else self.tvp_encoder.compile_mode
-        return ptrs, torch.is_autocast_enabled(), compile_mode
+        return ptrs, torch.is_autocast_enabled(), compile_mode, self.action_head_compile_mode
 
     def _chunk_inputs(
         self,
@@ -461,10 +466,11 @@ class VPPPolicy(nn.Module):
         which is what makes the graph exact."""
         *cams, text_tokens, goal, proprio, noise, action_noise = inputs
         imgs = [self._preprocess_camera(x) for x in cams]
-        tokens = self.Video_Former(self._features(imgs, text_tokens, noise=noise))
+        tokens = self._action_head_fn("former", self.Video_Former)(self._features(imgs, text_tokens, noise=noise))
         schedule = self._schedule()
         x = self._initial_noise(tokens.shape[0], schedule) if action_noise is None else action_noise
-        return self._sample_from_context(self.model.encode(tokens, goal, proprio), x, schedule, graphed_sampler)
+        context = self._action_head_fn("encode", self.model.encode)(tokens, goal, proprio)
+        return self._sample_from_context(context, x, schedule, graphed_sampler)
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -517,6 +523,7 @@ class VPPPolicy(nn.Module):
     def cuda_graph(self, mode: str) -> None:
         mode = validate_mode(mode)
         self._check_compile_compatible(mode, self.video_compile_mode)
+        self._check_compile_compatible(mode, self.action_head_compile_mode)
         self.__dict__["_cuda_graph"] = mode
         self._graphs.clear()
 
@@ -551,15 +558,48 @@ class VPPPolicy(nn.Module):
         return None if self.tvp_encoder is None else self.tvp_encoder.compile_mode
 
     def compile_video_model(self, mode: str | None = "default", backend: str = "inductor") -> None:
-        """Opt-in `torch.compile` of the partial U-Net pass (`mode`, `backend` as torch.compile's; `mode=None`: back
-        to eager).
-        Numerically close to the eager pass but not bit-identical (fused, reordered float work). With
+        """Opt-in `torch.compile` of the frozen video model's passes, the VAE encode and the partial U-Net (`mode`,
+        `backend` as torch.compile's; `mode=None`: back to eager). Used by inference and by stage-2 training.
+        Numerically close to the eager passes but not bit-identical (fused, reordered float work). With
         `cuda_graph = "chunk"` use a mode without inductor's own CUDA graphs ("default",
         "max-autotune-no-cudagraphs"): the compiled kernels are then captured in the chunk graph."""
         self._require_backbone()
         self._check_compile_compatible(self.cuda_graph, mode)
-        self.tvp_encoder.compile_partial_unet(mode, backend)
+        self.tvp_encoder.compile_passes(mode, backend)
         self._graphs.clear()
+
+    def compile_action_head(self, mode: str | None = "default", backend: str = "inductor") -> None:
+        """Opt-in, inference only: `torch.compile` of the chunk's work after the U-Net pass, the Video Former, the
+        DiT encoder and the DiT decoder step the sampler calls once per step (`mode=None`: back to eager). At batch 1
+        these are hundreds of small fp32 kernels; fused, the graphed chunk takes about 1.7 ms less on an H100
+        (docs/PERFORMANCE.md). Close to eager, not bit-identical. Training keeps the eager modules."""
+        self._check_compile_compatible(self.cuda_graph, mode)
+        compiled = {}
+        if mode is not None:
+            def compiled_fn(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+                return torch.compile(fn, mode=mode, backend=backend, dynamic=False)
+
+            compiled = {"former": compiled_fn(self.Video_Former), "encode": compiled_fn(self.model.encode),
+                        "denoise": compiled_fn(self.model.denoise)}
+        self.__dict__["_compiled_action_head"] = compiled
+        self.__dict__["_action_head_compile_mode"] = mode
+        self._graphs.clear()
+
+    @property
+    def action_head_compile_mode(self) -> str | None:
+        """The `torch.compile` mode of the action head at inference, None when it runs eagerly."""
+        return self.__dict__.get("_action_head_compile_mode")
+
+    def _action_head_fn(self, name: str, eager: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """The compiled version of an action-head function when `compile_action_head` set one, else `eager`."""
+        return self.__dict__.get("_compiled_action_head", {}).get(name, eager)
+
+    def compile_for_inference(self, mode: str | None = "default") -> None:
+        """Opt-in: `compile_video_model` and `compile_action_head` with one mode (`None`: all eager again). With the
+        whole-chunk CUDA graph, the fastest inference measured (docs/PERFORMANCE.md); close to eager, not
+        bit-identical."""
+        self.compile_video_model(mode)
+        self.compile_action_head(mode)
 
     @staticmethod
     def _check_compile_compatible(graph_mode: str, compile_mode: str | None) -> None:

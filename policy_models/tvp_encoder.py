@@ -13,7 +13,7 @@ generator or a noise tensor is given. Everything runs in the video model's dtype
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -208,26 +208,33 @@ class TVPEncoder(nn.Module):
         batch = images.shape[0]
         if text_tokens.shape[0] != batch:
             raise ValueError(f"got {batch} images but {text_tokens.shape[0]} rows of text tokens")
-        image_latents = self.encode_images(images)
+        image_latents = self.vae_pass(images)
         if image_latents.shape[-1] != self.latent_size or image_latents.shape[-2] != self.latent_size:
             raise ValueError(
                 f"image latents are {tuple(image_latents.shape[-2:])}, the video model expects "
                 f"{self.latent_size}x{self.latent_size} (images of {self.resolution}x{self.resolution})"
             )
-        # expand, not repeat: torch.cat below materialises it (same values, one copy less)
-        image_latents = image_latents.unsqueeze(1).expand(-1, self.num_frames, -1, -1, -1)
-        timestep, init_sigma, divisor = self._scheduler_constants()
-        if noise is None:
-            noise = self.make_noise(batch, generator)
-        # = scheduler.init_noise_sigma / scheduler.scale_model_input (same ops on the same tensors)
-        latents = noise.to(self.device, self.dtype) * init_sigma
-        latents = latents / divisor
         return {
-            "sample": torch.cat([latents, image_latents], dim=2),
-            "timestep": timestep,
+            "sample": self.unet_sample(image_latents, generator=generator, noise=noise),
+            "timestep": self._scheduler_constants()[0],
             "encoder_hidden_states": text_tokens,
             "added_time_ids": self.added_time_ids(batch),
         }
+
+    def unet_sample(
+        self, image_latents: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Image latents (B, 4, h, w) -> the U-Net's input sample (B, F, 2*4, h, w): the scaled initial noise of the
+        first (noisiest) step beside the latents repeated over the frames."""
+        # expand, not repeat: torch.cat below materialises it (same values, one copy less)
+        image_latents = image_latents.unsqueeze(1).expand(-1, self.num_frames, -1, -1, -1)
+        _, init_sigma, divisor = self._scheduler_constants()
+        if noise is None:
+            noise = self.make_noise(image_latents.shape[0], generator)
+        # = scheduler.init_noise_sigma / scheduler.scale_model_input (same ops on the same tensors)
+        latents = noise.to(self.device, self.dtype) * init_sigma
+        latents = latents / divisor
+        return torch.cat([latents, image_latents], dim=2)
 
     def partial_unet(
         self,
@@ -299,19 +306,33 @@ class TVPEncoder(nn.Module):
         features = torch.cat(taps, dim=1)
         return features.reshape(batch_size, num_frames, *features.shape[1:])
 
-    def compile_partial_unet(self, mode: str | None = "default", backend: str = "inductor") -> None:
-        """Run every U-Net pass of this encoder through `torch.compile(partial_unet, mode=mode, backend=backend)`
-        (`mode=None`: back to eager). Opt-in: inductor's kernels fuse and reorder floating-point work, so features are
-        numerically close to the eager ones but not bit-identical. `partial_unet` itself stays eager (the reference).
-        Shapes are static: each new batch size / camera count compiles once more."""
-        self.__dict__["_compiled_partial_unet"] = (
-            None if mode is None else torch.compile(self.partial_unet, mode=mode, backend=backend, dynamic=False)
-        )
+    def compile_passes(self, mode: str | None = "default", backend: str = "inductor") -> None:
+        """Run the VAE encode and the U-Net pass of this encoder through `torch.compile(..., mode=mode,
+        backend=backend)` (`mode=None`: back to eager). Opt-in: inductor's kernels fuse and reorder floating-point
+        work, so features are numerically close to the eager ones but not bit-identical. `encode_images` and
+        `partial_unet` themselves stay eager (the reference). Shapes are static: each new batch size / camera count
+        compiles once more."""
+        def compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor] | None:
+            return None if mode is None else torch.compile(fn, mode=mode, backend=backend, dynamic=False)
+
+        self.__dict__["_compiled_encode_images"] = compiled(self.encode_images)
+        self.__dict__["_compiled_partial_unet"] = compiled(self.partial_unet)
         self.__dict__["_compile_mode"] = mode
 
     @property
+    def vae_pass(self) -> Callable[..., torch.Tensor]:
+        """The image encoding `unet_inputs` runs: the compiled one when `compile_passes` set one, else
+        `encode_images`."""
+        return self.__dict__.get("_compiled_encode_images") or self.encode_images
+
+    @property
+    def unet_pass(self) -> Callable[..., torch.Tensor]:
+        """The U-Net pass `features` runs: the compiled one when `compile_passes` set one, else `partial_unet`."""
+        return self.__dict__.get("_compiled_partial_unet") or self.partial_unet
+
+    @property
     def compile_mode(self) -> str | None:
-        """The `torch.compile` mode of the U-Net pass, None when it runs eagerly."""
+        """The `torch.compile` mode of the VAE encode and the U-Net pass, None when they run eagerly."""
         return self.__dict__.get("_compile_mode")
 
     def _autocast_off(self) -> torch.autocast:
@@ -335,8 +356,7 @@ class TVPEncoder(nn.Module):
         """`forward` with the text tokens given (the part a whole-chunk CUDA graph captures)."""
         with self._autocast_off():
             inputs = self.unet_inputs(images, text_tokens, generator=generator, noise=noise)
-            unet_pass = self.__dict__.get("_compiled_partial_unet") or self.partial_unet
-            return unet_pass(**inputs)
+            return self.unet_pass(**inputs)
 
     @torch.no_grad()
     def forward(

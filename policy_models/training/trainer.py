@@ -380,8 +380,8 @@ class Trainer:
         self.policy.train()
         compile_mode = _sel(cfg, "training.compile_video_model", None)
         if compile_mode:
-            # opt-in: the frozen U-Net pass through torch.compile (about 1.3x the step rate at batch 32 on an H100,
-            # close to eager but not bit-identical; docs/PERFORMANCE.md)
+            # opt-in: the frozen VAE and U-Net passes through torch.compile (about 1.4x the step rate at batch 32 on an
+            # H100, close to eager but not bit-identical; docs/PERFORMANCE.md)
             self.policy.compile_video_model(str(compile_mode))
         self.train_ds = self.dataset_factory(cfg, "train", self.policy)
         self.val_ds = self.dataset_factory(cfg, "val", self.policy) if _sel(cfg, "training.validate", True) else None

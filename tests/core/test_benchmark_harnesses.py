@@ -79,3 +79,52 @@ def test_device_timeline_separates_busy_time_from_idle_gaps():
     assert timeline["largest_gaps"][0] == {"us": 200.0, "after": "c", "before": "d", "host": [
         {"name": "python between launches", "us": 202.0}, {"name": "whole call", "us": 250.0}]}
     assert device_timeline([], iters=3) is None
+
+
+def test_chunk_stages_compose_to_the_eager_chunk():
+    """The stages `--components` times, run in order on each other's outputs, are the chunk prediction itself."""
+    import numpy as np
+    import torch
+
+    from benchmarks.chunk_components import chunk_stages
+    from benchmarks.policy_step import build_random_policy, camera_images
+
+    policy = build_random_policy(torch.device("cpu"), "tiny", torch.float32).eval()
+    obs = {"rgb_obs": camera_images(policy, 2, np.random.default_rng(0))}
+    torch.manual_seed(3)
+    ref = policy.predict_action_chunk(obs, "open the drawer")
+    torch.manual_seed(3)  # the stages draw the video noise, then the action noise, as the chunk does
+    stages = chunk_stages(policy, obs, "open the drawer")
+    assert [name for name, _, _ in stages] == ["preprocess", "vae_encode", "unet_inputs", "unet_pass", "video_former",
+                                               "dit_encoder", "sampler"]
+    _, sampler, (context, x) = stages[-1]
+    with torch.no_grad():
+        assert torch.equal(sampler(context, x), ref)
+        # each stage reproduces the input the next one was given (but "unet_inputs", which draws fresh noise)
+        for (name, fn, inputs), (_, _, next_inputs) in zip(stages[:-1], stages[1:]):
+            if name != "unet_inputs":
+                assert torch.equal(fn(*inputs), next_inputs[0]), name
+
+
+def test_policy_inference_components_and_autocast_experiment(monkeypatch, capsys):
+    from benchmarks import policy_step
+
+    out = run_harness(policy_step, ["--tiny", "--device", "cpu", "--mode", "inference", "--warmup", "0", "--iters", "1",
+                                    "--components", "--inference-autocast", "bf16"], monkeypatch, capsys)
+    parts = out["components"]
+    assert parts["method"] == "eager_per_stage"
+    stage_ms = [v for k, v in parts.items() if k.endswith("_ms") and k != "sum_ms"]
+    assert len(stage_ms) == 7 and all(ms > 0 for ms in stage_ms)
+    assert abs(parts["sum_ms"] - sum(stage_ms)) < 1e-9
+    # bf16 autocast changes the action head's numbers; the exactness block measures against fp32 eager
+    assert 0 < out["exactness"]["max_abs_diff_vs_eager_same_generator"] < 1
+
+
+def test_stage1_compile_memory_budget_is_validated(monkeypatch, capsys):
+    from benchmarks import stage1_step
+
+    for argv, message in ((["--compile-memory-budget", "0.5"], "needs --compile"),
+                          (["--compile", "--compile-memory-budget", "2"], "must be in [0, 1]")):
+        with pytest.raises(SystemExit):
+            run_harness(stage1_step, ["--tiny", "--device", "cpu", *argv], monkeypatch, capsys)
+        assert message in capsys.readouterr().err

@@ -74,3 +74,24 @@ def test_server_serves_checkpoint_with_stats(xbot_checkpoint):
         np.testing.assert_allclose(sent_obs["state_obs"].numpy(), stats.normalize_state(np.zeros((1, 38))), atol=1e-6)
         assert sent_obs["rgb_obs"]["cam_left"].shape == (1, 120, 160, 3)
         np.testing.assert_allclose(actions, stats.denormalize_action(raw[0].numpy()), atol=1e-6)
+
+
+def test_server_compile_flag_compiles_the_loaded_policy(xbot_checkpoint, monkeypatch):
+    from deploy.server import add_server_args
+    from policy_models.policy import VPPPolicy
+
+    _, ckpt, svd, clip, _ = xbot_checkpoint
+    modes = []
+    monkeypatch.setattr(VPPPolicy, "compile_for_inference", lambda self, mode="default": modes.append(mode))
+    load_server_policy(str(ckpt), str(svd), str(clip), device="cpu")
+    assert modes == []  # opt-in
+    load_server_policy(str(ckpt), str(svd), str(clip), device="cpu", compile_mode="default")
+    assert modes == ["default"]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_server_args(parser)
+    assert parser.parse_args(["--compile"]).compile == "default"
+    assert parser.parse_args([]).compile is None
+    with pytest.raises(SystemExit):  # inductor's own CUDA graphs would clash with the whole-chunk graph
+        parser.parse_args(["--compile", "reduce-overhead"])

@@ -58,6 +58,18 @@ def test_policy_factory_name_and_settings():
     assert f.settings["overrides"]["model.multistep"] == 10
     assert f.settings["cudnn_benchmark"] is False  # opt-in, and recorded so a resume cannot mix settings
     assert CheckpointPolicyFactory("/x", cudnn_benchmark=True).settings["cudnn_benchmark"] is True
+    assert f.settings["compile"] is None  # opt-in and recorded too
+    assert CheckpointPolicyFactory("/x", compile_mode="default").settings["compile"] == "default"
+
+
+def test_compile_setting_is_validated():
+    from policy_evaluation.runner import EvaluationError
+
+    assert calvin_evaluate._compile_mode(None) is None and calvin_evaluate._compile_mode("null") is None
+    assert calvin_evaluate._compile_mode("max-autotune-no-cudagraphs") == "max-autotune-no-cudagraphs"
+    with pytest.raises(EvaluationError, match="compile must be null or one of"):
+        calvin_evaluate._compile_mode("reduce-overhead")
+    assert calvin_evaluate.build_parser().parse_args(["--baseline", "random", "--compile"]).compile == "default"
 
 
 def test_cli_errors(tmp_path, capsys):

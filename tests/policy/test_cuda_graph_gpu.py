@@ -102,7 +102,7 @@ def test_sampler_graph_equals_eager(gpu_policy):
     assert torch.equal(g1, e1) and torch.equal(g2, e2)
 
 
-def test_compiled_unet_in_the_chunk_graph_is_close_to_eager(tiny_policy):
+def test_compiled_video_passes_in_the_chunk_graph_are_close_to_eager(tiny_policy):
     p = _on_cuda(tiny_policy)
     obs, noise = calvin_obs(), torch.randn(2, 16, 4, 8, 8, device="cuda")
 

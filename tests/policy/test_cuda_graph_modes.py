@@ -101,26 +101,28 @@ def test_compile_modes_that_record_cuda_graphs_are_refused_with_the_chunk_graph(
     assert policy.cuda_graph == "sampler"
 
 
-def test_compiled_unet_pass_is_used_and_can_be_turned_off(policy):
+def test_compiled_vae_and_unet_passes_are_used_and_can_be_turned_off(policy):
     obs = calvin_obs(batch=1)
     ref = policy.predict_action_chunk(obs, "x", generator=torch.Generator().manual_seed(0))
-    calls = []
-    unet_pass = policy.tvp_encoder.partial_unet
+    traced = []  # the source of every graph the backend was given
+    tvp = policy.tvp_encoder
+    passes = (tvp.encode_images, tvp.partial_unet)
 
     def backend(gm, example_inputs):  # a torch.compile backend that records its use and runs the traced graph
-        calls.append(len(example_inputs))
+        traced.append(gm.code)
         return gm.forward
 
     policy.compile_video_model("default", backend=backend)
     assert policy.video_compile_mode == "default"
     out = policy.predict_action_chunk(obs, "x", generator=torch.Generator().manual_seed(0))
-    assert calls, "the compiled U-Net pass was not used"
+    assert any("quant_conv" in code for code in traced), "the compiled VAE encode was not used"
+    assert any("conv_in" in code and "up_blocks" in code for code in traced), "the compiled U-Net pass was not used"
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     policy.compile_video_model(None)
-    assert policy.video_compile_mode is None and policy.tvp_encoder.partial_unet == unet_pass
-    n = len(calls)
+    assert policy.video_compile_mode is None and (tvp.vae_pass, tvp.unet_pass) == passes
+    n = len(traced)
     assert torch.equal(policy.predict_action_chunk(obs, "x", generator=torch.Generator().manual_seed(0)), ref)
-    assert len(calls) == n
+    assert len(traced) == n
 
 
 def test_graph_cache_keys_on_input_shapes_and_is_not_copied():
@@ -181,3 +183,37 @@ def test_cudnn_benchmark_is_opt_in_and_cuda_only(policy, monkeypatch):
     policy.use_fastest_exact_inference(cudnn_benchmark=True)
     assert torch.backends.cudnn.benchmark is True
     policy.cuda_graph = "off"
+
+
+def test_compiled_action_head_runs_the_former_encoder_and_sampler_steps(policy):
+    """compile_action_head sends the Video Former, the DiT encoder and every decoder step through torch.compile
+    (here a recording backend that runs the traced graphs as they are, so the chunk stays bit-identical)."""
+    obs = calvin_obs(batch=1)
+    ref = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(2))
+    traced = []
+
+    def backend(gm, example_inputs):
+        traced.append(gm.code)
+        return gm.forward
+
+    torch._dynamo.reset()
+    policy.compile_action_head("default", backend=backend)
+    try:
+        assert policy.action_head_compile_mode == "default"
+        out = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(2))
+        assert torch.equal(out, ref)
+        # the Video Former (its time embedding), the DiT encoder (the goal's embedding), the decoder step (sigma's)
+        for weight in ("time_pos_emb", "lang_emb", "sigma_emb"):
+            assert any(weight in code for code in traced), f"no compiled graph reads {weight}"
+        assert not any("compiled" in k for k in policy.state_dict())  # checkpoints keep their keys
+        policy.cuda_graph = "chunk"
+        with pytest.raises(ValueError, match="own CUDA graphs"):
+            policy.compile_action_head("reduce-overhead")
+    finally:
+        policy.cuda_graph = "off"
+        policy.compile_for_inference(None)
+    assert policy.action_head_compile_mode is None and policy.video_compile_mode is None
+    n = len(traced)
+    assert torch.equal(policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(2)),
+                       ref)
+    assert len(traced) == n  # eager again

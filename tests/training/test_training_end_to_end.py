@@ -105,8 +105,8 @@ def test_tiny_xbot_train_and_predict(tiny_model_dirs, tmp_path):
     assert chunk.shape == (1, 8, 38)
 
 
-def test_compile_video_model_key_compiles_the_frozen_unet_pass(calvin_root_session, tiny_model_dirs, tmp_path,
-                                                               monkeypatch):
+def test_compile_video_model_key_compiles_the_frozen_video_passes(calvin_root_session, tiny_model_dirs, tmp_path,
+                                                                   monkeypatch):
     from policy_models.policy import VPPPolicy
 
     calls = []
