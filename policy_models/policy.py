@@ -422,7 +422,7 @@ class VPPPolicy(nn.Module):
     def _graph_fingerprint(self) -> tuple:
         """What else a graph depends on: where the weights live (a graph reads them by address; in-place updates
         such as load_state_dict are seen by the graph, moved or recast weights need a new one), autocast and the
-        compile setting of the video model's passes."""
+        compile settings of the video model's passes and of the action head."""
         parts = [self.Video_Former, self.model]
         if self.tvp_encoder is not None:
             parts += [self.tvp_encoder.unet, self.tvp_encoder.vae]
