@@ -62,6 +62,26 @@ def test_policy_factory_name_and_settings():
     assert CheckpointPolicyFactory("/x", compile_mode="default").settings["compile"] == "default"
 
 
+def test_policy_factory_compiles_only_when_asked(monkeypatch):
+    import policy_models.checkpoints
+
+    calls = []
+
+    class LoadedPolicy:
+        def use_fastest_exact_inference(self, cudnn_benchmark=False):
+            calls.append(("exact", cudnn_benchmark))
+
+        def compile_for_inference(self, mode="default"):
+            calls.append(("compile", mode))
+
+    monkeypatch.setattr(policy_models.checkpoints, "load_policy", lambda *args, **kwargs: LoadedPolicy())
+    CheckpointPolicyFactory("/x")("cpu")
+    assert calls == [("exact", False)]
+    calls.clear()
+    CheckpointPolicyFactory("/x", compile_mode="max-autotune-no-cudagraphs")("cpu")
+    assert calls == [("exact", False), ("compile", "max-autotune-no-cudagraphs")]
+
+
 def test_compile_setting_is_validated():
     from policy_evaluation.runner import EvaluationError
 
