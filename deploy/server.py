@@ -402,7 +402,7 @@ def load_server_policy(checkpoint: str, video_model_path: str | None = None, cli
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
-    from policy_models.config import INFERENCE_COMPILE_MODES
+    from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS
 
     p.add_argument("--checkpoint", help="stage-2 checkpoint folder (config.yaml, model.safetensors, stats.json)")
     p.add_argument("--video_model_path", default=None, help="stage-1 video model folder (default: from the config)")
@@ -411,7 +411,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use_ema", action="store_true", help="load ema.safetensors instead of model.safetensors")
     p.add_argument("--cudnn_benchmark", action="store_true",
                    help="CUDA: cuDNN picks the fastest convolution algorithms (faster chunks; may round differently)")
-    p.add_argument("--compile", nargs="?", const="default", default=None, choices=INFERENCE_COMPILE_MODES,
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES_WITHOUT_CUDA_GRAPHS,
                    metavar="MODE", help="torch.compile the video model's passes and the action head (MODE: default or "
                    "max-autotune-no-cudagraphs; faster chunks, close to eager but not bit-identical)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")

@@ -51,7 +51,7 @@ def _repo_path(p: str | Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     from policy_evaluation.baselines import BASELINES
-    from policy_models.config import INFERENCE_COMPILE_MODES
+    from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video_model_path", help="stage-1 video model folder (default: the checkpoint config's)")
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--use_ema", action="store_true", default=None)
     ap.add_argument("--cudnn_benchmark", action="store_true", default=None,
                     help="CUDA: cuDNN picks the fastest convolution algorithms (faster chunks; may round differently)")
-    ap.add_argument("--compile", nargs="?", const="default", choices=INFERENCE_COMPILE_MODES, metavar="MODE",
+    ap.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES_WITHOUT_CUDA_GRAPHS, metavar="MODE",
                     help="torch.compile the video model's passes and the action head (MODE: default or "
                          "max-autotune-no-cudagraphs; faster chunks, close to eager but not bit-identical)")
     egl = ap.add_mutually_exclusive_group()
@@ -280,14 +280,16 @@ def main_evaluate(argv: list[str]) -> int:
 
 
 def _compile_mode(value: Any) -> str | None:
-    """The `compile` setting (flag or yaml): None when off, else one of INFERENCE_COMPILE_MODES."""
+    """The `compile` setting (flag or yaml): None when off, else one of COMPILE_MODES_WITHOUT_CUDA_GRAPHS."""
     from policy_evaluation.runner import EvaluationError
-    from policy_models.config import INFERENCE_COMPILE_MODES
+    from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS
 
     if value in (None, False, "null", "none"):
         return None
-    if value not in INFERENCE_COMPILE_MODES:
-        raise EvaluationError(f"compile must be null or one of {list(INFERENCE_COMPILE_MODES)}, got {value!r}")
+    if value not in COMPILE_MODES_WITHOUT_CUDA_GRAPHS:
+        raise EvaluationError(
+            f"compile must be null or one of {list(COMPILE_MODES_WITHOUT_CUDA_GRAPHS)}, got {value!r}"
+        )
     return str(value)
 
 

@@ -17,10 +17,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# torch.compile modes for inference that leave CUDA graphs to the policy (its whole-chunk graph captures the compiled
-# kernels); inductor's "reduce-overhead" and "max-autotune" record graphs of their own
-INFERENCE_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
-
 
 @dataclass
 class LossGroup:

@@ -44,7 +44,7 @@ from video_dataset.dataset_mix import DatasetMix
 from video_models.checkpointing import configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
 from video_models.text_conditioning import drop_text_embeddings, encode_text
-from vpp_core.config import ConfigError, save_config
+from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS, ConfigError, save_config
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl, atomic_json_dump
 from vpp_core.precision import mixed_precision_name, resolve_dtype
@@ -114,8 +114,8 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-# torch.compile modes for `compile_unet`: inductor's modes without its own CUDA graphs, which were not tried in training
-COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
+# torch.compile modes for `compile_unet` (None: eager)
+COMPILE_MODES = (None, *COMPILE_MODES_WITHOUT_CUDA_GRAPHS)
 
 # Keys of the original yaml that never had an effect (vpp_reference §12.4); accepted with a warning so that the
 # original config files still load.

@@ -14,6 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from vpp_core.io import atomic_write
 
+# torch.compile modes without inductor's own CUDA graphs. The policy's whole-chunk CUDA graph captures the compiled
+# kernels, which "reduce-overhead" and "max-autotune" would record in graphs of their own; stage-1 training takes the
+# same set, since those two were not tried there.
+COMPILE_MODES_WITHOUT_CUDA_GRAPHS = ("default", "max-autotune-no-cudagraphs")
+
 
 class ConfigError(ValueError):
     """A configuration file or override is malformed; the message names the file or the override."""
