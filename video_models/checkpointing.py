@@ -16,7 +16,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 
-def _checkpointed(forward):
+def checkpointed(forward):
+    """`forward` run under non-reentrant activation checkpointing whenever gradients are enabled."""
+
     @functools.wraps(forward)
     def wrapper(*args, **kwargs):
         if torch.is_grad_enabled():
@@ -33,25 +35,41 @@ def enable_block_checkpointing(unet: torch.nn.Module) -> int:
     Returns the number of wrapped blocks. Idempotent."""
     blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
     for block in blocks:
-        if not getattr(block.forward, "__vpp_block_checkpointed__", False):
-            block.forward = _checkpointed(block.forward)
+        if not is_checkpointed(block.forward):
+            block.forward = checkpointed(block.forward)
     return len(blocks)
 
 
-def enable_layer_checkpointing(unet: torch.nn.Module) -> int:
-    """Wrap every ResNet and transformer (spatial + temporal, as diffusers pairs them) of every down/mid/up block in
-    activation checkpointing. Returns the number of wrapped layers. Idempotent."""
-    count = 0
-    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
-        for name in ("resnets", "attentions"):
-            for layer in getattr(block, name, None) or []:
-                if not getattr(layer.forward, "__vpp_block_checkpointed__", False):
-                    layer.forward = _checkpointed(layer.forward)
-                count += 1
-    return count
+LAYER_KINDS = ("resnets", "attentions")
 
 
-CHECKPOINTING_MODES = ("none", "diffusers", "blocks", "layers")
+def unet_layers(unet: torch.nn.Module, kinds: tuple[str, ...] = LAYER_KINDS) -> list[torch.nn.Module]:
+    """Every ResNet ("resnets") and/or transformer ("attentions": spatial + temporal, as diffusers pairs them) of
+    every down/mid/up block."""
+    return [
+        layer
+        for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+        for name in kinds
+        for layer in getattr(block, name, None) or []
+    ]
+
+
+def is_checkpointed(forward) -> bool:
+    """Whether `forward` is this module's checkpointing wrapper (its eager forward is `forward.__wrapped__`)."""
+    return getattr(forward, "__vpp_block_checkpointed__", False)
+
+
+def enable_layer_checkpointing(unet: torch.nn.Module, kinds: tuple[str, ...] = LAYER_KINDS) -> int:
+    """Wrap every ResNet and/or transformer of every down/mid/up block in activation checkpointing. Returns the
+    number of wrapped layers. Idempotent."""
+    layers = unet_layers(unet, kinds)
+    for layer in layers:
+        if not is_checkpointed(layer.forward):
+            layer.forward = checkpointed(layer.forward)
+    return len(layers)
+
+
+CHECKPOINTING_MODES = ("none", "diffusers", "blocks", "layers", "resnets", "attentions")
 
 
 def configure_gradient_checkpointing(unet: torch.nn.Module, mode: str) -> None:
@@ -65,5 +83,7 @@ def configure_gradient_checkpointing(unet: torch.nn.Module, mode: str) -> None:
         enable_block_checkpointing(unet)
     elif mode == "layers":
         enable_layer_checkpointing(unet)
+    elif mode in LAYER_KINDS:
+        enable_layer_checkpointing(unet, (mode,))
     else:
         raise ValueError(f"unknown gradient checkpointing mode {mode!r}; expected one of {CHECKPOINTING_MODES}")

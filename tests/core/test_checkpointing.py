@@ -26,7 +26,7 @@ def _grads(mode: str) -> tuple[float, dict[str, torch.Tensor]]:
     return float(loss), {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("mode", ["blocks", "layers"])
+@pytest.mark.parametrize("mode", ["blocks", "layers", "attentions", "resnets"])
 def test_checkpointing_gives_identical_gradients(mode):
     loss_plain, grads_plain = _grads("none")
     loss_ckpt, grads_ckpt = _grads(mode)
@@ -36,14 +36,23 @@ def test_checkpointing_gives_identical_gradients(mode):
         torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_layer_checkpointing_wraps_every_resnet_and_transformer():
-    from video_models.checkpointing import enable_layer_checkpointing
+def _layers_of(unet, kinds):
+    return [m for b in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+            for name in kinds for m in (getattr(b, name, None) or [])]
+
+
+@pytest.mark.parametrize("mode, kinds", [("layers", ("resnets", "attentions")), ("attentions", ("attentions",)),
+                                         ("resnets", ("resnets",))])
+def test_layer_checkpointing_wraps_the_chosen_layers(mode, kinds):
+    from diffusers.models.resnet import SpatioTemporalResBlock
 
     cfg = load_config("video_conf/tiny.yaml").model.unet
     unet = build_unet({**cfg, "block_out_channels": [32, 32, 32, 32]})
-    layers = [m for b in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
-              for name in ("resnets", "attentions") for m in (getattr(b, name, None) or [])]
-    assert enable_layer_checkpointing(unet) == len(layers) > 10
-    assert all(getattr(m.forward, "__vpp_block_checkpointed__", False) for m in layers)
+    configure_gradient_checkpointing(unet, mode)
+    wrapped = _layers_of(unet, kinds)
+    assert len(wrapped) > 4
+    for layer in _layers_of(unet, ("resnets", "attentions")):
+        assert getattr(layer.forward, "__vpp_block_checkpointed__", False) == (layer in wrapped)
+    assert any(isinstance(m, SpatioTemporalResBlock) for m in wrapped) == ("resnets" in kinds)
     with pytest.raises(ValueError, match="layers"):
         configure_gradient_checkpointing(unet, "rows")
