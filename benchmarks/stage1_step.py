@@ -4,6 +4,7 @@
     python benchmarks/stage1_step.py --tiny --device cpu --batch 1     # smoke run on a laptop
     python benchmarks/stage1_step.py --size small_sim --batch 16 --checkpointing none   # the simulator experiment's
     python benchmarks/stage1_step.py --batch 6 --bf16-weights     # measurement only: what dropping the casts would save
+    python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers   # compiled layer by layer
 
 The step is the real training math (video_models.edm.video_diffusion_loss on 16x4x32x32 latents with text tokens
 20x1024 at full size), AdamW (lr 5e-6, wd 0) and gradient clipping 1.0, exactly what step1_train_svd.py runs per batch.
@@ -28,8 +29,9 @@ from benchmarks.common import (
     time_fn,
 )
 from video_models.builders import build_unet, count_parameters
-from video_models.checkpointing import configure_gradient_checkpointing
+from video_models.checkpointing import CHECKPOINTING_MODES, configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
+from video_models.layer_compile import compile_unet_layers
 
 
 class _BF16Inputs(torch.nn.Module):
@@ -50,9 +52,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=6)
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16",
                         help="autocast dtype; weights and optimizer state stay fp32")
-    parser.add_argument("--checkpointing", choices=["none", "diffusers", "blocks", "layers"], default="layers",
+    parser.add_argument("--checkpointing", choices=CHECKPOINTING_MODES, default="layers",
                         help="diffusers = ResNet-level (what the original forced on); blocks = whole U-Net blocks; "
-                             "layers = every ResNet and transformer")
+                             "layers = every ResNet and transformer; resnets, attentions = only those")
     parser.add_argument("--optimizer", choices=["fused", "foreach", "per-tensor"], default="fused",
                         help="per-tensor = one param group per tensor and no foreach, like the original")
     parser.add_argument("--bf16-weights", action="store_true",
@@ -60,6 +62,9 @@ def main() -> None:
                              "upper bound for bf16 weights with fp32 master copies; not a training setting, since "
                              "updates below bf16's resolution are lost")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (inductor, default mode)")
+    parser.add_argument("--compile-scope", choices=["unet", "layers"], default="unet",
+                        help="with --compile: the whole U-Net as one graph, or every ResNet and transformer on its "
+                             "own inside its checkpointing wrapper (video_models.layer_compile)")
     parser.add_argument("--compile-memory-budget", type=float, default=None, metavar="F",
                         help="with --compile: torch._functorch.config.activation_memory_budget = F (0-1), the share "
                              "of the activations inductor may keep for the backward pass; it recomputes the rest")
@@ -74,6 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.bf16_weights and args.precision == "fp16":
         parser.error("--bf16-weights replaces autocast; use it without --precision fp16")
+    if args.compile_scope != "unet" and not args.compile:
+        parser.error("--compile-scope needs --compile")
     if args.compile_memory_budget is not None:
         if not args.compile:
             parser.error("--compile-memory-budget needs --compile")
@@ -120,7 +127,11 @@ def main() -> None:
     text = torch.randn(args.batch, 20, text_dim, generator=generator).to(device)
     time_ids = micro_conditioning(args.batch, 7, 127, 0.0, device, torch.float32)
 
-    model = torch.compile(unet) if args.compile else unet
+    model = unet
+    if args.compile and args.compile_scope == "layers":
+        compile_unet_layers(unet, "default")
+    elif args.compile:
+        model = torch.compile(unet)
     if args.bf16_weights:
         model = _BF16Inputs(model)
 

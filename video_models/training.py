@@ -41,8 +41,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from video_dataset.dataset_mix import DatasetMix
-from video_models.checkpointing import configure_gradient_checkpointing
+from video_models.checkpointing import CHECKPOINTING_MODES, configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
+from video_models.layer_compile import compile_unet_layers
 from video_models.text_conditioning import drop_text_embeddings, encode_text
 from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS, ConfigError, save_config
 from vpp_core.input_wait import InputWaitMeter
@@ -75,8 +76,9 @@ DEFAULTS: dict[str, Any] = {
     "validation_steps": 2000,
     "seed": 6,
     "mixed_precision": "auto",
-    "gradient_checkpointing": "layers",  # none | diffusers (what the original forced) | blocks | layers; true = layers
-    "compile_unet": None,  # opt-in torch.compile mode of the training forward (COMPILE_MODES); not bit-identical
+    # none | diffusers (what the original forced) | blocks | layers | attentions | resnets; true = layers
+    "gradient_checkpointing": "layers",
+    "compile_unet": None,  # opt-in torch.compile mode of every U-Net layer (COMPILE_MODES); not bit-identical
     "report_to": "wandb",  # wandb | none ; WANDB_MODE defaults to offline
     "train_args": {
         "project_name": "svd_xhand_cleancode",
@@ -326,9 +328,9 @@ def checkpointing_mode(value: Any) -> str:
     if value is False or value is None or str(value).lower() in ("false", "no", "none"):
         return "none"
     mode = str(value).lower()
-    if mode not in ("diffusers", "blocks", "layers"):
+    if mode not in CHECKPOINTING_MODES:
         raise ConfigError(
-            f"gradient_checkpointing must be none, diffusers, blocks, layers, true or false, got {value!r}"
+            f"gradient_checkpointing must be one of {list(CHECKPOINTING_MODES)}, true or false, got {value!r}"
         )
     return mode
 
@@ -451,6 +453,11 @@ class Stage1Trainer:
         self.scheduler = scheduler
         unet.requires_grad_(True).train()
         configure_gradient_checkpointing(unet, checkpointing_mode(cfg.gradient_checkpointing))
+        if cfg.compile_unet:
+            # layer by layer, inside the checkpointing: the whole-U-Net graph ignored the checkpointing and doubled
+            # the memory. Only grad-enabled calls run compiled, so validation and sampling never compile, and the
+            # weights and the saved U-Net are the plain module's.
+            compile_unet_layers(unet, cfg.compile_unet)
         if acc.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -506,10 +513,6 @@ class Stage1Trainer:
             num_training_steps=int(cfg.max_train_steps) * acc.num_processes,
         )
         self.unet, self.optimizer, self.lr_scheduler = acc.prepare(self.unet, optimizer, lr_scheduler)
-        # the compiled module shares the weights; only the training forward goes through it, so validation (no
-        # grad) does not trigger a second compilation and saving sees the plain module
-        mode = cfg.compile_unet
-        self.train_unet = torch.compile(self.unet, mode=mode) if mode else self.unet
 
     # ------------------------------------------------------------------------------------------------ the step
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
@@ -529,9 +532,8 @@ class Stage1Trainer:
         time_ids = micro_conditioning(
             latents.shape[0], float(self.args.fps), float(self.args.motion_bucket_id), 0.0, latents.device, emb.dtype
         )
-        unet = self.train_unet if torch.is_grad_enabled() else self.unet
         with self.accelerator.autocast():
-            return video_diffusion_loss(unet, latents, emb, time_ids, self.scaling_factor, generator=generator)
+            return video_diffusion_loss(self.unet, latents, emb, time_ids, self.scaling_factor, generator=generator)
 
     # ------------------------------------------------------------------------------------------------ training
     def train(self) -> TrainResult:

@@ -263,56 +263,58 @@ def test_two_trainers_with_different_precision_in_one_process(tiny_model_dirs, d
     assert second.accelerator.mixed_precision == "no"
 
 
-def test_compile_unet_wraps_only_the_training_forward(tiny_model_dirs, data_root, tmp_path, monkeypatch):
-    """`compile_unet` compiles the prepared U-Net once; the training loss runs through the compiled module, the
-    no-grad validation loss through the plain one (no second compilation), and unknown modes are config errors."""
-    compiled_modes, forwards = [], []
+def test_compile_unet_compiles_each_layer_for_training_only(tiny_model_dirs, data_root, tmp_path, monkeypatch):
+    """`compile_unet` compiles every ResNet and transformer of the U-Net, with the mode asked for, inside the layer
+    checkpointing; the training loss runs through the compiled layers, the no-grad validation loss through the eager
+    ones (no second compilation), and unknown modes are config errors."""
+    from video_models.checkpointing import unet_layers
 
-    class RecordingModule(torch.nn.Module):  # stands in for torch.compile's OptimizedModule
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
+    compiled_modes, calls = [], []
 
-        def forward(self, *args, **kwargs):
-            forwards.append(torch.is_grad_enabled())
-            return self.module(*args, **kwargs)
-
-    def recording_compile(module, mode=None, **kwargs):
+    def recording_compile(fn, mode=None, **kwargs):  # stands in for torch.compile
         compiled_modes.append(mode)
-        return RecordingModule(module)
+
+        def compiled(*args, **kw):
+            calls.append(torch.is_grad_enabled())
+            return fn(*args, **kw)
+
+        return compiled
 
     monkeypatch.setattr(torch, "compile", recording_compile)
     overrides = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, compile_unet="default")
     trainer = Stage1Trainer(load_config(TINY, overrides))
-    assert compiled_modes == ["default"] and trainer.train_unet.module is trainer.unet
+    layers = unet_layers(trainer.accelerator.unwrap_model(trainer.unet))
+    assert compiled_modes == ["default"] * len(layers)
     trainer.loss(next(iter(trainer.train_loader)))
-    assert forwards == [True]
+    assert calls == [True] * len(layers)
     trainer.validate()
-    assert forwards == [True]  # validation went through the plain module
+    assert calls == [True] * len(layers)  # validation ran the eager layers
 
     plain = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "plain")))
-    assert compiled_modes == ["default"] and plain.train_unet is plain.unet
+    assert len(compiled_modes) == len(layers)
+    assert not any(getattr(m.forward, "__vpp_layer_compiled__", False) for m in unet_layers(plain.unet))
     bad = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, compile_unet="fast")
     with pytest.raises(ConfigError, match="compile_unet must be one of"):
         resolve_train_config(load_config(TINY, bad))
 
 
 def test_traced_training_forward_matches_eager(tiny_model_dirs, data_root, tmp_path, monkeypatch):
-    """The training forward goes through a real torch.compile wrapper: dynamo traces the diffusers U-Net inside the
-    trainer. The backend is dynamo's "eager" (inductor's code generation for the tiny U-Net takes longer than 10
-    minutes on a 2-core CPU, and aot_eager trips over a CPU group-norm kernel that needs contiguous inputs), so loss
-    and gradients must equal eager's exactly."""
+    """The training forward goes through real torch.compile wrappers: dynamo traces every diffusers layer inside
+    the trainer. The backend is dynamo's "eager" (inductor's code generation is tested in tests/core/
+    test_layer_compile.py, as a slow test), so loss and gradients must equal eager's exactly."""
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module, mode=None: real_compile(module, backend="eager"))
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: real_compile(fn, backend="eager", **kw))
 
     def loss_and_grads(name: str, **extra) -> tuple[float, dict[str, torch.Tensor]]:
+        from video_models.checkpointing import unet_layers
+
         cfg = load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / name, **extra))
         trainer = Stage1Trainer(cfg)
-        assert isinstance(trainer.train_unet, torch._dynamo.eval_frame.OptimizedModule) == bool(extra)
+        compiled = [getattr(m.forward, "__vpp_layer_compiled__", False) for m in unet_layers(trainer.unet)]
+        assert all(compiled) == bool(extra) and any(compiled) == bool(extra)
         loss = trainer.loss(next(iter(trainer.train_loader)), generator=torch.Generator().manual_seed(0))
         trainer.accelerator.backward(loss)
         return float(loss.detach()), {n: p.grad.clone() for n, p in trainer.unet.named_parameters()}
-
     eager_loss, eager_grads = loss_and_grads("eager")
     traced_loss, traced_grads = loss_and_grads("traced", compile_unet="default")
     assert traced_loss == eager_loss
