@@ -45,11 +45,12 @@ def chunk_stages(policy, obs: dict, instruction: str) -> list[Stage]:
             return tvp.unet_pass(sample=sample, timestep=timestep, encoder_hidden_states=tokens,
                              added_time_ids=tvp.added_time_ids(sample.shape[0]))
 
+    # the action head's stages as the chunk runs them: compiled where `compile_action_head` compiled them
     def video_former(features: torch.Tensor) -> torch.Tensor:
-        return policy.Video_Former(policy._feature_layout(features, batch))
+        return policy._action_head_fn("former", policy._former_tokens)(features, batch)
 
     def dit_encoder(tokens: torch.Tensor, goal_: torch.Tensor, proprio_: torch.Tensor | None) -> torch.Tensor:
-        return policy.model.encode(tokens, goal_, proprio_)
+        return policy._action_head_fn("encode", policy.model.encode)(tokens, goal_, proprio_)
 
     def sampler(context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return policy._denoise_loop(context, x, schedule)

@@ -132,8 +132,9 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true",
                         help="frozen U-Net and VAE weights in channels-last memory format (same math, other kernels)")
     parser.add_argument("--compile-head", nargs="?", const="default", default=None, metavar="MODE",
-                        help="inference: torch.compile the Video Former, the DiT encoder and the DiT decoder step "
-                             "(policy.compile_action_head(MODE); MODE defaults to 'default')")
+                        help="torch.compile the action head (policy.compile_action_head(MODE); MODE defaults to "
+                             "'default'): inference, the Video Former, the DiT encoder and the DiT decoder step; "
+                             "training, the Video Former and the DiT loss")
     parser.add_argument("--inductor-freezing", action="store_true",
                         help="inference, experiment: torch._inductor.config.freezing = True (weights folded into the "
                              "compiled graph as constants; later in-place weight updates are not seen)")

@@ -285,18 +285,18 @@ class VPPPolicy(nn.Module):
         """Predictive features of all cameras: (B, num_time_embeds, n_cams * h * w, feature_dim) float32, tokens
         ordered [camera 0 (row-major h*w) | camera 1 | ...]. `noise` (n_cams * B, F, 4, h, w) overrides the draw.
         `cache_text` (inference only) reuses the U-Net text tokens of instructions seen before."""
+        return self._feature_layout(*self._stacked_features(rgb_obs, texts, generator, noise, cache_text))
+
+    def _stacked_features(self, rgb_obs: Mapping[str, Any], texts: Sequence[str], generator: torch.Generator | None,
+                          noise: torch.Tensor | None, cache_text: bool) -> tuple[torch.Tensor, int]:
+        """The U-Net features of the cameras stacked on the batch, (n_cams * B, F, C, h, w), and B."""
         self._require_backbone()
         imgs = self._camera_inputs(rgb_obs)
         if len(texts) != imgs[0].shape[0]:
             raise ValueError(f"got {len(texts)} instructions for a batch of {imgs[0].shape[0]}")
         text_tokens = self.tvp_encoder.text_tokens(list(texts) * len(imgs), cache=cache_text)
-        return self._features(imgs, text_tokens, generator=generator, noise=noise)
-
-    def _features(self, imgs: Sequence[torch.Tensor], text_tokens: torch.Tensor,
-                  generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """`extract_features` from prepared camera images and the U-Net text tokens of (texts * n_cams)."""
-        feats = self.tvp_encoder.features(torch.cat(list(imgs), dim=0), text_tokens, generator=generator, noise=noise)
-        return self._feature_layout(feats, imgs[0].shape[0])
+        feats = self.tvp_encoder.features(torch.cat(imgs, dim=0), text_tokens, generator=generator, noise=noise)
+        return feats, imgs[0].shape[0]
 
     def _feature_layout(self, feats: torch.Tensor, batch: int) -> torch.Tensor:
         """U-Net features of the cameras stacked on the batch, (n_cams * B, F, C, h, w) -> the Video Former's input
@@ -304,6 +304,11 @@ class VPPPolicy(nn.Module):
         feats = rearrange(feats, "b f c h w -> b f (h w) c")[:, : self.config.model.former.num_time_embeds].float()
         # cast before the concatenation: under autocast, torch.cat would otherwise reject fp16 inputs on the CPU
         return torch.cat(feats.split(batch, dim=0), dim=2)
+
+    def _former_tokens(self, feats: torch.Tensor, batch: int) -> torch.Tensor:
+        """Video Former tokens (B, num_latents, latent_dim) from the stacked U-Net features. The layout is part of
+        it, so that a compiled action head fuses the layout's copies of the features (gigabytes at batch 32)."""
+        return self.Video_Former(self._feature_layout(feats, batch))
 
     def encode_goal(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
         self._require_backbone()
@@ -314,9 +319,8 @@ class VPPPolicy(nn.Module):
         noise: torch.Tensor | None = None, cache_text: bool = False,
     ) -> torch.Tensor:
         """Visual tokens (B, num_latents, latent_dim) from the Video Former."""
-        return self.Video_Former(
-            self.extract_features(rgb_obs, texts, generator=generator, noise=noise, cache_text=cache_text)
-        )
+        feats, batch = self._stacked_features(rgb_obs, texts, generator, noise, cache_text)
+        return self._action_head_fn("former", self._former_tokens)(feats, batch)
 
     # ------------------------------------------------------------------ training
     def compute_loss(
@@ -342,7 +346,8 @@ class VPPPolicy(nn.Module):
         sigmas = self._sample_density((actions.shape[0],), device=self.device, generator=generator)
         gen_device = generator.device if generator is not None else self.device
         noise = torch.randn(actions.shape, generator=generator, device=gen_device, dtype=actions.dtype).to(self.device)
-        mse, output, target = self.model.loss(tokens, actions, goal, noise, sigmas, proprio)
+        mse, output, target = self._action_head_fn("loss", self.model.loss)(tokens, actions, goal, noise, sigmas,
+                                                                            proprio)
         logs = {"loss_mse": mse.detach()}
         if e.loss_groups:
             loss, group_logs = weighted_action_loss(output, target, e.loss_groups, e.action_dim)
@@ -465,8 +470,9 @@ class VPPPolicy(nn.Module):
         U-Net, feature layout, Video Former, DiT encoder, sampler. Eager and whole-chunk-graph paths both run this,
         which is what makes the graph exact."""
         *cams, text_tokens, goal, proprio, noise, action_noise = inputs
-        imgs = [self._preprocess_camera(x) for x in cams]
-        tokens = self._action_head_fn("former", self.Video_Former)(self._features(imgs, text_tokens, noise=noise))
+        imgs = torch.cat([self._preprocess_camera(x) for x in cams], dim=0)
+        feats = self.tvp_encoder.features(imgs, text_tokens, noise=noise)
+        tokens = self._action_head_fn("former", self._former_tokens)(feats, cams[0].shape[0])
         schedule = self._schedule()
         x = self._initial_noise(tokens.shape[0], schedule) if action_noise is None else action_noise
         context = self._action_head_fn("encode", self.model.encode)(tokens, goal, proprio)
@@ -569,18 +575,21 @@ class VPPPolicy(nn.Module):
         self._graphs.clear()
 
     def compile_action_head(self, mode: str | None = "default", backend: str = "inductor") -> None:
-        """Opt-in, inference only: `torch.compile` of the chunk's work after the U-Net pass, the Video Former, the
-        DiT encoder and the DiT decoder step the sampler calls once per step (`mode=None`: back to eager). At batch 1
-        these are hundreds of small fp32 kernels; fused, the graphed chunk takes about 1.7 ms less on an H100
-        (docs/PERFORMANCE.md). Close to eager, not bit-identical. Training keeps the eager modules."""
+        """Opt-in `torch.compile` of the trainable action head (`mode=None`: back to eager).
+
+        Inference: the chunk's work after the U-Net pass, the Video Former, the DiT encoder and the DiT decoder step
+        the sampler calls once per step. At batch 1 these are hundreds of small fp32 kernels; fused, the graphed
+        chunk takes about 1.5 ms less on an H100. Training (`compute_loss`): the Video Former and the DiT's loss,
+        forward and backward, which run launch-bound between the large kernels of the frozen U-Net pass
+        (docs/PERFORMANCE.md). Close to eager, not bit-identical."""
         self._check_compile_compatible(self.cuda_graph, mode)
         compiled = {}
         if mode is not None:
             def compiled_fn(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
                 return torch.compile(fn, mode=mode, backend=backend, dynamic=False)
 
-            compiled = {"former": compiled_fn(self.Video_Former), "encode": compiled_fn(self.model.encode),
-                        "denoise": compiled_fn(self.model.denoise)}
+            compiled = {"former": compiled_fn(self._former_tokens), "encode": compiled_fn(self.model.encode),
+                        "denoise": compiled_fn(self.model.denoise), "loss": compiled_fn(self.model.loss)}
         self.__dict__["_compiled_action_head"] = compiled
         self.__dict__["_action_head_compile_mode"] = mode
         self._graphs.clear()

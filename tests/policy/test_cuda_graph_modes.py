@@ -217,3 +217,41 @@ def test_compiled_action_head_runs_the_former_encoder_and_sampler_steps(policy):
     assert torch.equal(policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(2)),
                        ref)
     assert len(traced) == n  # eager again
+
+
+def test_compiled_action_head_trains_through_the_former_and_the_dit_loss(policy):
+    """In training, compile_action_head sends the Video Former and the DiT's loss (forward, and so backward)
+    through torch.compile; with a recording backend that runs the traced graphs as they are, loss and gradients
+    equal eager's exactly."""
+    policy.train()
+    g = torch.Generator().manual_seed(0)
+    batch = {"rgb_obs": {c: torch.rand(2, 1, 3, 64, 64, generator=g) * 2 - 1 for c in ("rgb_static", "rgb_gripper")},
+             "lang_text": ["open the drawer", "turn on the led"], "actions": torch.rand(2, 10, 7, generator=g) * 2 - 1}
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        policy.zero_grad(set_to_none=True)
+        torch.manual_seed(3)  # dropout draws
+        loss, _ = policy.compute_loss(batch, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in policy.named_trainable_parameters()}
+
+    ref_loss, ref_grads = loss_and_grads()
+    traced = []
+
+    def backend(gm, example_inputs):
+        traced.append(gm.code)
+        return gm.forward
+
+    torch._dynamo.reset()
+    policy.compile_action_head("default", backend=backend)
+    try:
+        loss, grads = loss_and_grads()
+    finally:
+        policy.compile_action_head(None)
+    # the Video Former (its time embedding) and the DiT loss (the noise level's embedding)
+    for weight in ("time_pos_emb", "sigma_emb"):
+        assert any(weight in code for code in traced), f"no compiled graph reads {weight}"
+    assert torch.equal(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=0, atol=0, msg=name)

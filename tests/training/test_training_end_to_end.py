@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 from train_helpers import CONF
@@ -105,18 +106,31 @@ def test_tiny_xbot_train_and_predict(tiny_model_dirs, tmp_path):
     assert chunk.shape == (1, 8, 38)
 
 
-def test_compile_video_model_key_compiles_the_frozen_video_passes(calvin_root_session, tiny_model_dirs, tmp_path,
-                                                                   monkeypatch):
+def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_session, tiny_model_dirs, tmp_path,
+                                                                     monkeypatch):
+    """training.compile_video_model and training.compile_action_head reach the policy's compile methods; unknown
+    modes and inductor's CUDA-graph modes are config errors before any model is built."""
     from policy_models.policy import VPPPolicy
+    from vpp_core.config import ConfigError
 
     calls = []
-    monkeypatch.setattr(VPPPolicy, "compile_video_model", lambda self, mode="default", backend="inductor":
-                        calls.append(mode))
+    for method in ("compile_video_model", "compile_action_head"):
+        monkeypatch.setattr(VPPPolicy, method, lambda self, mode="default", backend="inductor", _m=method:
+                            calls.append((_m, mode)))
     svd, clip = tiny_model_dirs
     paths = [f"root_data_dir={calvin_root_session}", f"video_model_path={svd}", f"text_encoder_path={clip}"]
     train(_cfg("tiny_calvin.yaml", tmp_path / "plain", *paths, "training.max_steps=1", "training.validate=false"),
           dataset_factory=_data(2))
     assert calls == []
     train(_cfg("tiny_calvin.yaml", tmp_path / "compiled", *paths, "training.max_steps=1", "training.validate=false",
-               "training.compile_video_model=max-autotune-no-cudagraphs"), dataset_factory=_data(2))
-    assert calls == ["max-autotune-no-cudagraphs"]
+               "training.compile_video_model=max-autotune-no-cudagraphs", "training.compile_action_head=default"),
+          dataset_factory=_data(2))
+    assert calls == [("compile_video_model", "max-autotune-no-cudagraphs"), ("compile_action_head", "default")]
+
+    def no_policy(cfg, device):
+        raise AssertionError("the policy was built before the config was checked")
+
+    for key, value in (("compile_video_model", "fast"), ("compile_action_head", "reduce-overhead")):
+        with pytest.raises(ConfigError, match=f"training.{key} must be null or one of"):
+            train(_cfg("tiny_calvin.yaml", tmp_path / key, *paths, f"training.{key}={value}"),
+                  policy_factory=no_policy, dataset_factory=_data(2))
