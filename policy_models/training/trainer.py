@@ -387,7 +387,7 @@ class Trainer:
         seed = int(_sel(cfg, "seed", 0))
         seed_everything(seed)  # identical initialisation on every process
         # opt-in, close to eager but not bit-identical (docs/PERFORMANCE.md): the frozen VAE and U-Net passes
-        # (1.5x the step rate at batch 32 on an H100), and the trainable Video Former and DiT loss
+        # (1.4x the step rate at batch 32 on an H100), and the trainable Video Former and DiT loss (another 1.1x)
         video_mode = compile_mode_setting(cfg, "training.compile_video_model")
         head_mode = compile_mode_setting(cfg, "training.compile_action_head")
         self.policy = self.policy_factory(cfg, self.device)
