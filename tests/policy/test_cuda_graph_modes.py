@@ -185,11 +185,8 @@ def test_cudnn_benchmark_is_opt_in_and_cuda_only(policy, monkeypatch):
     policy.cuda_graph = "off"
 
 
-def test_compiled_action_head_runs_the_former_encoder_and_sampler_steps(policy):
-    """compile_action_head sends the Video Former, the DiT encoder and every decoder step through torch.compile
-    (here a recording backend that runs the traced graphs as they are, so the chunk stays bit-identical)."""
-    obs = calvin_obs(batch=1)
-    ref = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(2))
+def _compile_head_recording(policy) -> list[str]:
+    """compile_action_head with a backend that records the code of every traced graph and runs it as it is."""
     traced = []
 
     def backend(gm, example_inputs):
@@ -198,6 +195,15 @@ def test_compiled_action_head_runs_the_former_encoder_and_sampler_steps(policy):
 
     torch._dynamo.reset()
     policy.compile_action_head("default", backend=backend)
+    return traced
+
+
+def test_compiled_action_head_runs_the_former_encoder_and_sampler_steps(policy):
+    """compile_action_head sends the Video Former, the DiT encoder and every decoder step through torch.compile
+    (here a recording backend that runs the traced graphs as they are, so the chunk stays bit-identical)."""
+    obs = calvin_obs(batch=1)
+    ref = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(2))
+    traced = _compile_head_recording(policy)
     try:
         assert policy.action_head_compile_mode == "default"
         out = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(2))
@@ -236,14 +242,7 @@ def test_compiled_action_head_trains_through_the_former_and_the_dit_loss(policy)
         return loss.detach(), {n: p.grad.clone() for n, p in policy.named_trainable_parameters()}
 
     ref_loss, ref_grads = loss_and_grads()
-    traced = []
-
-    def backend(gm, example_inputs):
-        traced.append(gm.code)
-        return gm.forward
-
-    torch._dynamo.reset()
-    policy.compile_action_head("default", backend=backend)
+    traced = _compile_head_recording(policy)
     try:
         loss, grads = loss_and_grads()
     finally:
