@@ -315,6 +315,7 @@ def test_traced_training_forward_matches_eager(tiny_model_dirs, data_root, tmp_p
         loss = trainer.loss(next(iter(trainer.train_loader)), generator=torch.Generator().manual_seed(0))
         trainer.accelerator.backward(loss)
         return float(loss.detach()), {n: p.grad.clone() for n, p in trainer.unet.named_parameters()}
+
     eager_loss, eager_grads = loss_and_grads("eager")
     traced_loss, traced_grads = loss_and_grads("traced", compile_unet="default")
     assert traced_loss == eager_loss
