@@ -109,7 +109,7 @@ def test_tiny_xbot_train_and_predict(tiny_model_dirs, tmp_path):
 def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_session, tiny_model_dirs, tmp_path,
                                                                      monkeypatch):
     """training.compile_video_model and training.compile_action_head reach the policy's compile methods; unknown
-    modes and inductor's CUDA-graph modes are config errors before any model is built."""
+    modes and inductor's CUDA-graph modes are config errors before anything is built or written."""
     from policy_models.policy import VPPPolicy
     from vpp_core.config import ConfigError
 
@@ -134,3 +134,4 @@ def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_s
         with pytest.raises(ConfigError, match=f"training.{key} must be null or one of"):
             train(_cfg("tiny_calvin.yaml", tmp_path / key, *paths, f"training.{key}={value}"),
                   policy_factory=no_policy, dataset_factory=_data(2))
+        assert not (tmp_path / key).exists()  # no run folder left behind
