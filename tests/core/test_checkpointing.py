@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from video_models.builders import build_unet
-from video_models.checkpointing import configure_gradient_checkpointing
+from video_models.checkpointing import configure_gradient_checkpointing, unet_layers
 from video_models.edm import micro_conditioning, video_diffusion_loss
 from vpp_core.config import load_config
 
@@ -36,11 +36,6 @@ def test_checkpointing_gives_identical_gradients(mode):
         torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def _layers_of(unet, kinds):
-    return [m for b in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
-            for name in kinds for m in (getattr(b, name, None) or [])]
-
-
 @pytest.mark.parametrize("mode, kinds", [("layers", ("resnets", "attentions")), ("attentions", ("attentions",)),
                                          ("resnets", ("resnets",))])
 def test_layer_checkpointing_wraps_the_chosen_layers(mode, kinds):
@@ -49,9 +44,9 @@ def test_layer_checkpointing_wraps_the_chosen_layers(mode, kinds):
     cfg = load_config("video_conf/tiny.yaml").model.unet
     unet = build_unet({**cfg, "block_out_channels": [32, 32, 32, 32]})
     configure_gradient_checkpointing(unet, mode)
-    wrapped = _layers_of(unet, kinds)
+    wrapped = unet_layers(unet, kinds)
     assert len(wrapped) > 4
-    for layer in _layers_of(unet, ("resnets", "attentions")):
+    for layer in unet_layers(unet, ("resnets", "attentions")):
         assert getattr(layer.forward, "__vpp_block_checkpointed__", False) == (layer in wrapped)
     assert any(isinstance(m, SpatioTemporalResBlock) for m in wrapped) == ("resnets" in kinds)
     with pytest.raises(ValueError, match="layers"):
