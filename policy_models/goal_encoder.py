@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from policy_models.text_cache import TextFeatureCache
+from vpp_core.transfer import to_device_nonblocking
 
 
 class GoalEncoder(nn.Module):
@@ -61,6 +62,7 @@ class GoalEncoder(nn.Module):
         device_type = device.type if device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
             out = self.text_encoder(
-                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+                input_ids=to_device_nonblocking(tokens["input_ids"], device),
+                attention_mask=to_device_nonblocking(tokens["attention_mask"], device),
             )
         return out.text_embeds.unsqueeze(1).float()

@@ -341,8 +341,10 @@ class VPPPolicy(nn.Module):
                 f"got {tuple(actions.shape)}"
             )
         proprio = self._state_input(batch.get("state_obs"), actions.shape[0])
-        tokens = self.encode_observations(batch["rgb_obs"], texts, generator=generator)
+        # the goal first: the text tower is small, and any host sync in it (the tokenizer's upload, the text model's
+        # own checks) then happens before the frozen U-Net pass is queued rather than behind it
         goal = self.encode_goal(texts)
+        tokens = self.encode_observations(batch["rgb_obs"], texts, generator=generator)
         sigmas = self._sample_density((actions.shape[0],), device=self.device, generator=generator)
         gen_device = generator.device if generator is not None else self.device
         noise = torch.randn(actions.shape, generator=generator, device=gen_device, dtype=actions.dtype).to(self.device)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vpp_core.transfer import to_device_nonblocking
+
 P_MEAN = 0.7
 P_STD = 1.6
 
@@ -49,8 +51,8 @@ def micro_conditioning(
 ) -> torch.Tensor:
     """SVD's added_time_ids [fps, motion_bucket_id, noise_aug_strength] per sample. fps is used as given (no -1):
     that is what VPP trained with (fps 7 in stage 1, 4 in the stage-2 feature extractor)."""
-    ids = torch.tensor([[fps, motion_bucket_id, noise_aug_strength]], device=device, dtype=dtype)
-    return ids.repeat(batch_size, 1)
+    ids = torch.tensor([[fps, motion_bucket_id, noise_aug_strength]], dtype=dtype)
+    return to_device_nonblocking(ids, device).repeat(batch_size, 1)
 
 
 def _expand(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -78,8 +80,9 @@ def video_diffusion_loss(
     if sigmas is None:
         sigmas = sample_training_sigmas(b, generator=generator)
     if noise is None:
-        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
-    sigmas = sigmas.to(latents.device)
+        noise = to_device_nonblocking(torch.randn(latents.shape, generator=generator, dtype=latents.dtype),
+                                      latents.device)
+    sigmas = to_device_nonblocking(sigmas, latents.device)
     pre = v_preconditioning(sigmas)
     noisy = latents + _expand(sigmas, latents) * noise
     condition = (latents[:, :1] / scaling_factor).expand(-1, f, -1, -1, -1)

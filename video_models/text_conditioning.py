@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
+from vpp_core.transfer import to_device_nonblocking
+
 DEFAULT_MAX_LENGTH = 20
 
 
@@ -31,7 +33,8 @@ def tokenize(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
     tokens = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-    return {"input_ids": tokens["input_ids"].to(device), "attention_mask": tokens["attention_mask"].to(device)}
+    return {"input_ids": to_device_nonblocking(tokens["input_ids"], device),
+            "attention_mask": to_device_nonblocking(tokens["attention_mask"], device)}
 
 
 def encode_text(
@@ -49,7 +52,8 @@ def encode_text(
     device = text_encoder.device
     hidden = text_encoder(**tokenize(tokenizer, texts, max_length, device)).last_hidden_state
     if position_encode:
-        hidden = hidden + sincos_position_table(hidden.shape[1], hidden.shape[2]).to(hidden)
+        table = to_device_nonblocking(sincos_position_table(hidden.shape[1], hidden.shape[2]), hidden.device)
+        hidden = hidden + table.to(hidden.dtype)
     width = hidden.shape[-1]
     if cross_attention_dim % width:
         raise ValueError(f"cross_attention_dim {cross_attention_dim} is not a multiple of the text width {width}")
@@ -64,4 +68,5 @@ def drop_text_embeddings(
     if drop_prob <= 0:
         return embeddings
     keep = torch.rand(embeddings.shape[0], generator=generator, device="cpu") >= drop_prob
-    return embeddings * keep.to(embeddings.device, embeddings.dtype).view(-1, *([1] * (embeddings.dim() - 1)))
+    keep = to_device_nonblocking(keep, embeddings.device).to(embeddings.dtype)
+    return embeddings * keep.view(-1, *([1] * (embeddings.dim() - 1)))

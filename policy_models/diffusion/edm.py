@@ -56,17 +56,18 @@ def rand_log_logistic(
     """Truncated log-logistic samples: u ~ U(cdf(min), cdf(max)), sigma = exp(loc + scale * logit(u)).
 
     Computed in float64 and cast to `dtype` (k-diffusion / original behaviour). With a generator the uniform draw is
-    made on the generator's device and moved to `device`.
+    made on the generator's device and moved to `device`. The cdf bounds enter as Python floats (the same float64
+    values), so sampling on a GPU copies nothing from the host and never stalls a training step.
     """
     if isinstance(shape, int):
         shape = (shape,)
     min_t = torch.as_tensor(min_value, dtype=torch.float64)
     max_t = torch.as_tensor(max_value, dtype=torch.float64)
-    min_cdf = min_t.log().sub(loc).div(scale).sigmoid()
-    max_cdf = max_t.log().sub(loc).div(scale).sigmoid()
+    min_cdf = min_t.log().sub(loc).div(scale).sigmoid().item()
+    cdf_range = (max_t.log().sub(loc).div(scale).sigmoid() - min_cdf).item()
     gen_device = generator.device if generator is not None else device
     u = torch.rand(tuple(shape), device=gen_device, dtype=torch.float64, generator=generator).to(device)
-    u = u * (max_cdf.to(device) - min_cdf.to(device)) + min_cdf.to(device)
+    u = u * cdf_range + min_cdf
     return u.logit().mul(scale).add(loc).exp().to(dtype)
 
 
