@@ -7,6 +7,8 @@ import os
 import platform
 import statistics
 import time
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +85,15 @@ def conv2d_channels_last(module: torch.nn.Module) -> int:
 SMALL_VIDEO_CONFIGS = {"tiny": "video_conf/tiny.yaml", "small_sim": "video_conf/small_sim.yaml"}
 
 
+# scaled_dot_product_attention backends by name -> the process-wide switch that allows or forbids each
+SDPA_BACKENDS = {
+    "cudnn": torch.backends.cuda.enable_cudnn_sdp,
+    "flash": torch.backends.cuda.enable_flash_sdp,
+    "efficient": torch.backends.cuda.enable_mem_efficient_sdp,
+    "math": torch.backends.cuda.enable_math_sdp,
+}
+
+
 def add_backend_arguments(parser) -> None:
     """Flags every GPU harness shares: cuDNN autotuning and a kernel-level profile of the timed function."""
     parser.add_argument("--cudnn-benchmark", action="store_true",
@@ -91,12 +102,26 @@ def add_backend_arguments(parser) -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also run the timed function under torch.profiler and report its N most expensive "
                              "GPU kernels (not part of the timing)")
+    parser.add_argument("--sdpa-backends", default=None, metavar="LIST",
+                        help="comma-separated scaled_dot_product_attention backends torch may choose from ("
+                             f"{', '.join(SDPA_BACKENDS)}); the others are switched off. Default: all")
+    parser.add_argument("--sync-report", action="store_true",
+                        help="also run the timed function once more and list the source lines where the host waited "
+                             "for the GPU (torch.cuda.set_sync_debug_mode; CUDA only)")
 
 
 def configure_backends(args) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
+    if args.sdpa_backends is not None:
+        allowed = {name.strip() for name in args.sdpa_backends.split(",") if name.strip()}
+        unknown = allowed - set(SDPA_BACKENDS)
+        if unknown or not allowed:
+            raise SystemExit(f"--sdpa-backends: expected names from {sorted(SDPA_BACKENDS)}, "
+                             f"got {args.sdpa_backends!r}")
+        for name, enable in SDPA_BACKENDS.items():
+            enable(name in allowed)
 
 
 def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters: int = 3) -> dict[str, Any]:
@@ -123,6 +148,25 @@ def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters:
                     for e in events[:top]],
         "timeline": device_timeline(device_ops, iters, host_ops),
     }
+
+
+def host_syncs(fn: Callable[[], Any], device: torch.device) -> list[dict[str, Any]] | None:
+    """The source lines at which one call of `fn` made the host wait for the GPU (`.item()`, a blocking copy
+    from pageable memory, ...), most frequent first. A sync in the middle of a step idles the GPU: the kernels after it
+    are launched one at a time behind an empty queue. None off CUDA, where nothing is asynchronous."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    lines = Counter(f"{w.filename}:{w.lineno}" for w in caught
+                    if "called a synchronizing CUDA operation" in str(w.message))
+    return [{"where": where, "count": count} for where, count in lines.most_common()]
 
 
 Interval = tuple[float, float, str]  # (start_us, end_us, name) of one profiled operation

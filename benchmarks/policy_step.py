@@ -34,10 +34,12 @@ from benchmarks.common import (
     conv2d_channels_last,
     emit,
     environment,
+    host_syncs,
     kernel_profile,
     peak_memory_gib,
     time_fn,
 )
+from video_models.attention_kernels import use_short_query_kernels
 
 # size -> policy model yaml, on top of the video model of SMALL_VIDEO_CONFIGS; full size is the CALVIN policy on the
 # default (SVD) video model with a 512-d CLIP
@@ -67,6 +69,14 @@ def build_random_policy(device: torch.device, size: str, video_dtype: torch.dtyp
     with torch.device(device):
         policy = VPPPolicy(cfg, tvp_encoder=tvp, goal_encoder=goal)
     return policy.to(device)
+
+
+def camera_batch(policy, batch: int, latents: bool, device: torch.device) -> torch.Tensor:
+    """One camera's training input: images (B, 1, 3, H, W) in [-1, 1], or scaled VAE latents (B, 1, 4, h, w)."""
+    tvp = policy.tvp_encoder
+    if latents:
+        return torch.randn(batch, 1, tvp.latent_channels, tvp.latent_size, tvp.latent_size, device=device)
+    return torch.rand(batch, 1, 3, tvp.resolution, tvp.resolution, device=device) * 2 - 1
 
 
 def camera_images(policy, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -145,6 +155,12 @@ def main() -> None:
                         help="inference: also time each stage of the chunk on its own, as its own CUDA graph")
     parser.add_argument("--no-text-cache", action="store_true",
                         help="inference: re-encode the instruction every call (predict_action_chunk(cache_text=False))")
+    parser.add_argument("--latent-inputs", action="store_true",
+                        help="train: feed the cameras as precomputed scaled VAE latents (B, 1, 4, 32, 32), as a "
+                             "latent data set would, so the step skips the VAE encode")
+    parser.add_argument("--short-query-kernels", action="store_true",
+                        help="the frozen U-Net's attention with queries of at most 64 tokens on the memory-efficient "
+                             "kernel (video_models.attention_kernels; other rounding)")
     add_backend_arguments(parser)
     args = parser.parse_args()
 
@@ -159,6 +175,8 @@ def main() -> None:
         from torch._inductor import config as inductor_config
 
         inductor_config.freezing = True
+    if args.short_query_kernels:
+        use_short_query_kernels(policy.tvp_encoder.unet)
     if args.compile is not None:
         policy.compile_video_model(args.compile)
     if args.compile_head:
@@ -186,9 +204,8 @@ def main() -> None:
             assert out.shape == (args.batch, e.chunk_length, e.action_dim)
     else:
         policy.train()
-        res = policy.resolution
         batch = {
-            "rgb_obs": {cam: torch.rand(args.batch, 1, 3, res, res, device=device) * 2 - 1 for cam in e.cameras},
+            "rgb_obs": {cam: camera_batch(policy, args.batch, args.latent_inputs, device) for cam in e.cameras},
             "lang_text": [instruction] * args.batch,
             "actions": torch.rand(args.batch, e.chunk_length, e.action_dim, device=device) * 2 - 1,
         }
@@ -220,6 +237,8 @@ def main() -> None:
     }
     if args.profile:  # before the exactness check, which drops the captured graphs (their recapture is not a call)
         result["profile"] = kernel_profile(run, device, args.profile)
+    if args.sync_report:
+        result["host_syncs"] = host_syncs(run, device)
     if args.mode == "inference" and args.components:
         with inference_autocast():
             result["components"] = component_times(policy, obs, instruction, args.warmup, args.iters)

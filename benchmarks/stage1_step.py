@@ -24,6 +24,7 @@ from benchmarks.common import (
     conv2d_channels_last,
     emit,
     environment,
+    host_syncs,
     kernel_profile,
     peak_memory_gib,
     time_fn,
@@ -149,6 +150,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_fn(step, device, args.warmup, args.iters)
     profile = {"profile": kernel_profile(step, device, args.profile)} if args.profile else {}
+    syncs = {"host_syncs": host_syncs(step, device)} if args.sync_report else {}
     emit({
         "benchmark": "stage1_train_step",
         "settings": {**vars(args), "latent": [frames, 4, latent, latent], "text_tokens": [20, text_dim]},
@@ -159,6 +161,7 @@ def main() -> None:
         "samples_per_s": args.batch / (timing["median_ms"] / 1000),
         "peak_memory_gib": peak_memory_gib(device),
         **profile,
+        **syncs,
     })
 
 

@@ -128,3 +128,58 @@ def test_stage1_compile_memory_budget_is_validated(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             run_harness(stage1_step, ["--tiny", "--device", "cpu", *argv], monkeypatch, capsys)
         assert message in capsys.readouterr().err
+
+
+@pytest.fixture()
+def sdpa_switches():
+    """The harness's --sdpa-backends sets process-wide switches; put them back afterwards."""
+    import torch
+
+    from benchmarks.common import SDPA_BACKENDS
+
+    getters = {"cudnn": torch.backends.cuda.cudnn_sdp_enabled, "flash": torch.backends.cuda.flash_sdp_enabled,
+               "efficient": torch.backends.cuda.mem_efficient_sdp_enabled, "math": torch.backends.cuda.math_sdp_enabled}
+    before = {name: get() for name, get in getters.items()}
+    yield getters
+    for name, enable in SDPA_BACKENDS.items():
+        enable(before[name])
+
+
+def test_policy_train_from_latents_with_short_query_kernels(monkeypatch, capsys, sdpa_switches):
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from benchmarks import policy_step
+
+    encodes = []
+    encode = AutoencoderKLTemporalDecoder.encode
+    monkeypatch.setattr(AutoencoderKLTemporalDecoder, "encode", lambda self, *a, **k: encodes.append(1) or
+                        encode(self, *a, **k))
+    out = run_harness(policy_step, ["--tiny", "--device", "cpu", "--mode", "train", "--batch", "2", "--warmup", "0",
+                                    "--iters", "1", "--latent-inputs", "--short-query-kernels", "--sync-report",
+                                    "--sdpa-backends", "flash,math"], monkeypatch, capsys)
+    assert out["time"]["median_ms"] > 0 and out["samples_per_s"] > 0
+    assert encodes == []  # latent camera inputs: the step never runs the autoencoder
+    assert out["host_syncs"] is None  # nothing is asynchronous on the CPU
+    assert {name: get() for name, get in sdpa_switches.items()} == {"cudnn": False, "flash": True, "efficient": False,
+                                                                   "math": True}
+    with pytest.raises(SystemExit, match="--sdpa-backends"):
+        run_harness(policy_step, ["--tiny", "--device", "cpu", "--sdpa-backends", "flash,fast"], monkeypatch, capsys)
+
+
+def test_attention_backends_times_every_attention_call_of_the_unet(monkeypatch, capsys):
+    from diffusers.models.attention_processor import Attention
+
+    from benchmarks import attention_backends
+    from video_models.builders import build_unet
+    from vpp_core.config import load_config
+
+    out = run_harness(attention_backends, ["--tiny", "--device", "cpu", "--stage1", "--batch", "1", "--iters", "1"],
+                      monkeypatch, capsys)
+    layers = sum(isinstance(m, Attention) for m in build_unet(load_config("video_conf/tiny.yaml").model.unet).modules())
+    assert sum(row["calls_per_pass"] for row in out["calls"]) == layers  # each attention layer once per forward
+    assert {16} <= {row["query"][2] for row in out["calls"]}  # the 16-frame temporal attention is among them
+    for row in out["calls"]:
+        assert row["ms_per_call"]["math"] > 0 and row["ms_per_call"]["cudnn"] is None  # no cuDNN on the CPU
+        assert row["fastest"] in ("flash", "efficient", "math")
+    assert out["ms_per_pass"]["math"] > 0 and "cudnn" not in out["ms_per_pass"]
+    assert out["settings"]["timed"] == "forward + backward"
