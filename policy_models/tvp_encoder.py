@@ -23,6 +23,15 @@ from policy_models.text_cache import TextFeatureCache
 from video_models.text_conditioning import encode_text
 
 
+def vae_scale_factor(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def input_resolution(unet, vae) -> int:
+    """Input image size: unet.sample_size * vae_scale_factor // 3 (96 * 8 // 3 = 256 for the real model)."""
+    return unet.config.sample_size * vae_scale_factor(vae) // 3
+
+
 def up_block_channels(unet) -> list[int]:
     """Output channels of each up block: reversed(block_out_channels)."""
     return list(reversed(list(unet.config.block_out_channels)))
@@ -100,12 +109,11 @@ class TVPEncoder(nn.Module):
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
 
     @property
     def resolution(self) -> int:
-        """Input image size: unet.sample_size * vae_scale_factor // 3 (96 * 8 // 3 = 256 for the real model)."""
-        return self.unet.config.sample_size * self.vae_scale_factor // 3
+        return input_resolution(self.unet, self.vae)
 
     @property
     def latent_size(self) -> int:

@@ -17,7 +17,7 @@ read by the CALVIN dataset.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -139,11 +139,13 @@ def build_dataset(
     action_dim: int | None = None,
     state_dim: int | None = None,
     image_size: int | None = None,
+    vae: Callable[[], Any] | None = None,
 ) -> RobotDataset:
     """Build the dataset described by a ``dataset:`` config block for ``split`` ("train" or "val").
 
     Keyword arguments are the embodiment's values (from the policy) and fill config keys left null, so one yaml
-    block serves both the full and the tiny model.
+    block serves both the full and the tiny model. `vae` returns the policy's autoencoder identity
+    (``vae_latents.VaeIdentity``), which precomputed CALVIN latents must match.
     """
     from omegaconf import DictConfig, OmegaConf
 
@@ -180,6 +182,8 @@ def build_dataset(
             image_size=None if size is None else int(size),
             data_format=cfg.get("data_format", "auto"),
             action_key=cfg.get("action_key", "rel_actions"),
+            vae_latents=cfg.get("vae_latents", "auto"),
+            vae=vae,
         )
     if kind == "xbot":
         from policy_models.datasets.xbot import XbotDataset

@@ -8,6 +8,8 @@ On disk, per split folder (``training/``, ``validation/``)::
                                      segments, language.ann [instruction per segment] (other lang_* folders hold the
                                      same annotations with other embeddings)
     packed/                          optional, written by ``python -m policy_models.datasets.pack_calvin``
+    vae_latents/                     optional, written by ``python -m policy_models.datasets.encode_latents``: the
+                                     camera frames' VAE latents, served instead of the images (``vae_latents``)
 
 Samples (the original ``ExtendedDiskDataset`` in language mode): for every annotated segment ``(start, end)`` and every
 start frame ``idx`` in ``range(start, end + 1 - min_window_size, skip_frames)`` (min_window_size 21: the last start is
@@ -29,7 +31,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,13 @@ import numpy as np
 import torch
 
 from policy_models.datasets.base import DatasetError, RobotDataset, preprocess_rgb
+from policy_models.datasets.vae_latents import (
+    LATENT_MODES,
+    LATENTS_INDEX,
+    LatentFrames,
+    VaeIdentity,
+    latents_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +355,12 @@ class CalvinDataset(RobotDataset):
         image_size: int | None = 256,
         data_format: str = "auto",
         action_key: str = "rel_actions",
+        vae_latents: str = "off",
+        vae: Callable[[], VaeIdentity] | None = None,
     ):
+        """`vae_latents`: "auto" serves the precomputed latents of `<split>/vae_latents/` when that folder exists,
+        "on" requires them, "off" serves images. `vae` gives the policy's autoencoder identity, which the latents must
+        match (called only when they are used)."""
         self.split_dir = Path(split_dir)
         self.cameras = tuple(cameras)
         self.action_seq_len = int(action_seq_len)
@@ -368,17 +382,36 @@ class CalvinDataset(RobotDataset):
         self.episode_lookup, self.lang_lookup = build_window_index(
             self.segments, min_window_size, skip_frames, source=str(self.lang_path))
         self.frames = open_frame_source(self.split_dir, data_format)
+        self.latents = self._open_latents(vae_latents, vae)
         self.source = str(self.split_dir)
         log.info("CALVIN %s: %d windows from %d segments, reading %s", self.split_dir.name, len(self.episode_lookup),
                  len(self.segments), self.frames.describe())
         if self.frames.kind == "npz":
             log.info("CALVIN %s: tip: python -m policy_models.datasets.pack_calvin --root %s packs the frames into "
                      "memory-mapped arrays for much faster loading", self.split_dir.name, self.split_dir.parent)
+        if self.latents is not None:
+            log.info("CALVIN %s: camera inputs from %s", self.split_dir.name, self.latents.describe())
         self._check_files()
 
     @property
     def data_format(self) -> str:
         return self.frames.kind
+
+    def _open_latents(self, mode: str, vae: Callable[[], VaeIdentity] | None) -> LatentFrames | None:
+        if mode not in LATENT_MODES:
+            raise DatasetError(f"dataset.vae_latents must be one of {LATENT_MODES}, got {mode!r}")
+        folder = latents_folder(self.split_dir)
+        present = (folder / LATENTS_INDEX).is_file()
+        if mode == "off" or (mode == "auto" and not present):
+            return None
+        if not present:
+            raise DatasetError(f"dataset.vae_latents=on but {folder / LATENTS_INDEX} does not exist; run python -m "
+                               f"policy_models.datasets.encode_latents --root {self.split_dir.parent} "
+                               "--video_model_path V")
+        if vae is None:
+            raise DatasetError(f"{folder}: latents can only be used with the policy's video model at hand, to check "
+                               "that they were made by it; pass `vae` or set dataset.vae_latents=off")
+        return LatentFrames(folder, vae(), self.cameras)
 
     def _check_files(self) -> None:
         """Cheap up-front checks: the first and last frame of every segment's windows exist, and the first frame has
@@ -397,6 +430,11 @@ class CalvinDataset(RobotDataset):
             raise DatasetError(f"{self.frames.folder}: packed arrays lack annotated frames {miss}; re-run "
                                "pack_calvin --overwrite or use dataset.data_format=npz")
         self.frames.check_frame(int(first[0]), self.cameras, self.action_key, self.action_dim)
+        if self.latents is not None:
+            have = self.latents.has_frames(frames)
+            if not have.all():
+                raise DatasetError(f"{self.latents.folder}: annotated frames {frames[~have][:5].tolist()} have no "
+                                   "latents; re-run encode_latents or set dataset.vae_latents=off")
 
     def __len__(self) -> int:
         return len(self.episode_lookup)
@@ -407,9 +445,13 @@ class CalvinDataset(RobotDataset):
 
     def load_sample(self, i: int) -> dict[str, Any]:
         frames = self.window_frames(i)
-        images, actions = self.frames.read_window(frames, self.obs_seq_len, self.cameras, self.action_key,
-                                                  self.action_dim)
-        rgb_obs = {cam: preprocess_rgb(images[cam], self.image_size) for cam in self.cameras}
+        if self.latents is not None:
+            _, actions = self.frames.read_window(frames, 0, (), self.action_key, self.action_dim)
+            rgb_obs = self.latents.read(frames[: self.obs_seq_len], self.cameras)
+        else:
+            images, actions = self.frames.read_window(frames, self.obs_seq_len, self.cameras, self.action_key,
+                                                      self.action_dim)
+            rgb_obs = {cam: preprocess_rgb(images[cam], self.image_size) for cam in self.cameras}
         a0 = self.obs_seq_len - 1
         return {
             "rgb_obs": rgb_obs,

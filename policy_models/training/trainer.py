@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from policy_models.datasets.base import RobotDataset, build_dataset, collate_samples
+from policy_models.datasets.vae_latents import vae_identity
 from policy_models.training.ema import EMA
 from policy_models.training.optim import build_optimizer, build_scheduler, trainable_named_parameters
 from policy_models.training.sampler import ShardedEpochSampler
@@ -57,6 +58,7 @@ from policy_models.training.state import (
     set_rng_state,
     write_pointer,
 )
+from video_models.attention_kernels import use_short_query_kernels
 from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS, ConfigError
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl
@@ -81,8 +83,10 @@ def default_dataset_factory(cfg: DictConfig, split: str, policy: nn.Module) -> R
         resolution = int(policy.resolution)
     except (AttributeError, RuntimeError):
         resolution = None
+    vae = getattr(getattr(policy, "tvp_encoder", None), "vae", None)
+    identity = None if vae is None or resolution is None else (lambda: vae_identity(vae, resolution))
     return build_dataset(cfg.dataset, split, cameras=list(emb.cameras), action_seq_len=emb.chunk_length,
-                         action_dim=emb.action_dim, state_dim=emb.state_dim, image_size=resolution)
+                         action_dim=emb.action_dim, state_dim=emb.state_dim, image_size=resolution, vae=identity)
 
 
 def _sel(cfg: DictConfig, key: str, default: Any = None) -> Any:
@@ -394,6 +398,8 @@ class Trainer:
         self.policy = self.policy_factory(cfg, self.device)
         self.policy.to(self.device)
         self.policy.train()
+        if _sel(cfg, "training.short_query_attention", False):
+            use_short_query_kernels(self.policy.tvp_encoder.unet)  # before compiling: the graphs trace it
         if video_mode:
             self.policy.compile_video_model(video_mode)
         if head_mode:

@@ -108,24 +108,30 @@ def test_tiny_xbot_train_and_predict(tiny_model_dirs, tmp_path):
 
 def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_session, tiny_model_dirs, tmp_path,
                                                                      monkeypatch):
-    """training.compile_video_model and training.compile_action_head reach the policy's compile methods; unknown
-    modes and inductor's CUDA-graph modes are config errors before anything is built or written."""
+    """training.compile_video_model and training.compile_action_head reach the policy's compile methods, and
+    training.short_query_attention the U-Net's attention layers before them; unknown modes and inductor's CUDA-graph
+    modes are config errors before anything is built or written."""
     from policy_models.policy import VPPPolicy
+    from policy_models.training import trainer
     from vpp_core.config import ConfigError
 
     calls = []
     for method in ("compile_video_model", "compile_action_head"):
         monkeypatch.setattr(VPPPolicy, method, lambda self, mode="default", backend="inductor", _m=method:
                             calls.append((_m, mode)))
+    monkeypatch.setattr(trainer, "use_short_query_kernels",
+                        lambda unet: calls.append(("short_query_attention", type(unet).__name__)))
     svd, clip = tiny_model_dirs
     paths = [f"root_data_dir={calvin_root_session}", f"video_model_path={svd}", f"text_encoder_path={clip}"]
     train(_cfg("tiny_calvin.yaml", tmp_path / "plain", *paths, "training.max_steps=1", "training.validate=false"),
           dataset_factory=_data(2))
     assert calls == []
     train(_cfg("tiny_calvin.yaml", tmp_path / "compiled", *paths, "training.max_steps=1", "training.validate=false",
-               "training.compile_video_model=max-autotune-no-cudagraphs", "training.compile_action_head=default"),
+               "training.compile_video_model=max-autotune-no-cudagraphs", "training.compile_action_head=default",
+               "training.short_query_attention=true"),
           dataset_factory=_data(2))
-    assert calls == [("compile_video_model", "max-autotune-no-cudagraphs"), ("compile_action_head", "default")]
+    assert calls == [("short_query_attention", "UNetSpatioTemporalConditionModel"),
+                     ("compile_video_model", "max-autotune-no-cudagraphs"), ("compile_action_head", "default")]
 
     def no_policy(cfg, device):
         raise AssertionError("the policy was built before the config was checked")

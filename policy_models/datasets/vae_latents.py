@@ -1,0 +1,142 @@
+"""Precomputed VAE latents of the CALVIN camera frames: the on-disk layout, its reader, and the check that they were
+made by the policy's own video model.
+
+Stage 2 encodes every camera image with the frozen SVD autoencoder before the U-Net pass. The images are not
+augmented (vpp_reference §6.2), so each frame's latent never changes across epochs; encoding the frames once
+(``python -m policy_models.datasets.encode_latents``) takes the autoencoder out of every training step (a tenth of
+the step at batch 32 on an H100, docs/PERFORMANCE.md) and the image resize out of the data loader. The policy already
+takes scaled latents (B, 1, 4, h, w) as camera input and divides them by the scaling factor, as the original does.
+
+Layout, per split folder::
+
+    vae_latents/index.json     version, frame count, cameras, storage dtype, the autoencoder's fingerprint
+    vae_latents/frame_ids.npy  (N,) sorted frame ids; row r of every array holds frame frame_ids[r]
+    vae_latents/<camera>.npy   (N, 4, h, w) unscaled mode latents, in the autoencoder's dtype (fp16) or float32
+
+Unscaled values in the autoencoder's own dtype are what the policy computes on the fly, so serving
+``latent * scaling_factor`` in float32 gives back exactly those values after the policy's division and cast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policy_models.datasets.base import DatasetError
+
+LATENTS_DIR = "vae_latents"
+LATENTS_INDEX = "index.json"
+LATENTS_VERSION = 1
+LATENT_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class VaeIdentity:
+    """What the latents depend on: the autoencoder's weights and dtype, its scaling factor and the image size."""
+
+    fingerprint: str
+    dtype: str
+    scaling_factor: float
+    image_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def vae_fingerprint(vae: torch.nn.Module) -> str:
+    """sha256 over every tensor of the autoencoder's state dict (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        flat = tensor.detach().contiguous().view(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def vae_identity(vae: torch.nn.Module, image_size: int) -> VaeIdentity:
+    dtype = next(vae.parameters()).dtype
+    return VaeIdentity(vae_fingerprint(vae), str(dtype).removeprefix("torch."),
+                       float(vae.config.scaling_factor), int(image_size))
+
+
+def latents_folder(split_dir: Path) -> Path:
+    return Path(split_dir) / LATENTS_DIR
+
+
+def storage_dtype(vae_dtype: torch.dtype) -> np.dtype:
+    """fp16 latents are stored as they are; bf16 has no numpy type and is stored exactly as float32."""
+    return np.dtype(np.float16) if vae_dtype == torch.float16 else np.dtype(np.float32)
+
+
+class LatentFrames:
+    """Reads the latents written by ``encode_latents`` for one split, after checking they match `expected`."""
+
+    def __init__(self, folder: Path, expected: VaeIdentity, cameras: Sequence[str]):
+        self.folder = Path(folder)
+        index_path = self.folder / LATENTS_INDEX
+        try:
+            self.index = json.loads(index_path.read_text())
+        except Exception as exc:
+            raise DatasetError(f"cannot read latent index {index_path}: {exc}; re-run "
+                               "python -m policy_models.datasets.encode_latents") from exc
+        if self.index.get("version") != LATENTS_VERSION or not self.index.get("complete"):
+            raise DatasetError(f"{index_path}: incomplete or unsupported latents (version "
+                               f"{self.index.get('version')}); re-run python -m policy_models.datasets.encode_latents")
+        made_with = self.index.get("vae", {})
+        differs = [k for k, v in expected.to_dict().items() if made_with.get(k) != v]
+        if differs:
+            raise DatasetError(
+                f"{index_path}: the latents were encoded with another autoencoder than the policy's video model "
+                f"(differs in {differs}: {[made_with.get(k) for k in differs]} here, "
+                f"{[expected.to_dict()[k] for k in differs]} in the policy). Re-run python -m "
+                "policy_models.datasets.encode_latents with this video model and dtype, or set "
+                "dataset.vae_latents=off to encode the images during training")
+        missing = [c for c in cameras if c not in self.index["cameras"]]
+        if missing:
+            raise DatasetError(f"{index_path}: no latents for cameras {missing} (encoded: "
+                               f"{sorted(self.index['cameras'])}); re-run encode_latents with --cameras")
+        self.scaling_factor = float(made_with["scaling_factor"])
+        self.frame_ids = np.load(self.folder / self.index["frame_ids_file"])
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def describe(self) -> str:
+        return f"VAE latents in {self.folder} ({len(self.frame_ids)} frames)"
+
+    def __getstate__(self):  # memmaps are reopened in each DataLoader worker
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+    def _array(self, camera: str) -> np.ndarray:
+        arr = self._arrays.get(camera)
+        if arr is None:
+            entry = self.index["cameras"][camera]
+            path = self.folder / entry["file"]
+            arr = np.load(path, mmap_mode="r")
+            if list(arr.shape) != entry["shape"]:
+                raise DatasetError(f"{path}: shape {arr.shape} != {entry['shape']} recorded in {LATENTS_INDEX}")
+            self._arrays[camera] = arr
+        return arr
+
+    def has_frames(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames, dtype=np.int64)
+        rows = np.minimum(np.searchsorted(self.frame_ids, frames), len(self.frame_ids) - 1)
+        return self.frame_ids[rows] == frames
+
+    def read(self, frames: np.ndarray, cameras: Sequence[str]) -> dict[str, torch.Tensor]:
+        """{camera: (len(frames), 4, h, w) float32 scaled latents}, the policy's latent camera input."""
+        frames = np.asarray(frames, dtype=np.int64)
+        have = self.has_frames(frames)
+        if not have.all():
+            raise DatasetError(f"{self.folder}: frames {frames[~have][:5].tolist()} have no latents; re-run "
+                               "encode_latents (the annotations changed?) or set dataset.vae_latents=off")
+        rows = np.searchsorted(self.frame_ids, frames)
+        return {cam: torch.from_numpy(np.array(self._array(cam)[rows], dtype=np.float32)) * self.scaling_factor
+                for cam in cameras}

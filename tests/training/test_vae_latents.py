@@ -1,0 +1,138 @@
+"""Precomputed VAE latents for stage 2 (`python -m policy_models.datasets.encode_latents`): the served latents are the
+policy's own encoding of the served images, interrupted encodings resume, and latents of another autoencoder are
+refused rather than used."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import CONF
+
+from policy_models.datasets.base import DatasetError, collate_samples
+from policy_models.datasets.calvin import CalvinDataset
+from policy_models.datasets.encode_latents import encode_split, main
+from policy_models.datasets.vae_latents import LATENTS_DIR, vae_fingerprint, vae_identity
+
+CAMERAS = ("rgb_static", "rgb_gripper")
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dirs):
+    from omegaconf import OmegaConf
+
+    from policy_models.policy import build_policy
+
+    torch.manual_seed(0)
+    svd, clip = tiny_model_dirs
+    cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
+    return build_policy(cfg, video_model_path=str(svd), clip_model_path=str(clip)).eval()
+
+
+def _identity(policy):
+    return lambda: vae_identity(policy.tvp_encoder.vae, policy.resolution)
+
+
+def test_cli_latents_are_the_policys_own_encoding(calvin_root, tiny_model_dirs, policy):
+    split = calvin_root / "training"
+    assert main(["--root", str(calvin_root), "--video_model_path", str(tiny_model_dirs[0]), "--video_dtype", "fp32",
+                 "--device", "cpu", "--workers", "0", "--batch", "1", "--no_progress"]) == 0
+    index = json.loads((split / LATENTS_DIR / "index.json").read_text())
+    assert index["complete"] and index["vae"]["fingerprint"] == vae_fingerprint(policy.tvp_encoder.vae)
+    assert (calvin_root / "validation" / LATENTS_DIR / "index.json").is_file()
+
+    res, tvp = policy.resolution, policy.tvp_encoder
+    images = CalvinDataset(split, image_size=res, vae_latents="off")
+    latents = CalvinDataset(split, image_size=res, vae_latents="on", vae=_identity(policy))
+    assert len(images) == len(latents)
+    with torch.no_grad():
+        for i in (0, len(images) // 2, len(images) - 1):
+            a, b = images[i], latents[i]
+            assert a["lang_text"] == b["lang_text"] and torch.equal(a["actions"], b["actions"])
+            for cam in CAMERAS:
+                assert b["rgb_obs"][cam].shape == (1, tvp.latent_channels, tvp.latent_size, tvp.latent_size)
+                # what the policy computes from the served latent is its encoding of the served image (encoded one
+                # frame at a time, as here: the random autoencoder's GroupNorms make results depend on the batch
+                # size at the 1e-3 level). In fp32 the scaling round trip leaves one ulp; half precision: below.
+                torch.testing.assert_close(tvp.encode_images(b["rgb_obs"][cam]), tvp.encode_images(a["rgb_obs"][cam]),
+                                           rtol=0, atol=1e-6)
+        batch_images = collate_samples([images[0], images[5]])
+        batch_latents = collate_samples([latents[0], latents[5]])
+        loss_images, _ = policy.compute_loss(batch_images, generator=torch.Generator().manual_seed(0))
+        loss_latents, _ = policy.compute_loss(batch_latents, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss_latents, loss_images, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_scaling_round_trip_is_exact_in_half_precision(dtype):
+    """Stored half-precision latents, served as float32 * scaling factor, come back bit-identical after the
+    policy's division and cast (`TVPEncoder.encode_images`)."""
+    from policy_models.datasets.vae_latents import storage_dtype
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(200_000, generator=g) * scale for scale in (1e-4, 1.0, 30.0)]).to(dtype)
+    stored = torch.from_numpy(values.float().numpy().astype(storage_dtype(dtype)))
+    served = stored.float() * 0.18215
+    assert torch.equal((served / 0.18215).to(dtype), values)
+
+
+def test_interrupted_encoding_resumes_to_the_same_arrays(calvin_root, policy, monkeypatch):
+    split, vae, res = calvin_root / "training", policy.tvp_encoder.vae, policy.resolution
+    reference = encode_split(split, vae, res, batch=4, workers=0, progress=False)
+    expected = {cam: np.load(reference / f"{cam}.npy") for cam in CAMERAS}
+    encode = vae.encode
+    calls = []
+
+    def failing_encode(x):
+        calls.append(1)
+        if len(calls) == 2 * 20:  # the 20th batch of two cameras: after the progress record at batch 16
+            raise RuntimeError("simulated crash")
+        return encode(x)
+
+    monkeypatch.setattr(vae, "encode", failing_encode)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        encode_split(split, vae, res, batch=4, workers=0, progress=False, overwrite=True)
+    progress = json.loads((split / f"{LATENTS_DIR}.partial" / "progress.json").read_text())
+    assert progress["done"] == 16 * 4
+    calls.clear()
+    folder = encode_split(split, vae, res, batch=4, workers=0, progress=False, overwrite=True)
+    assert len(calls) == 2 * (-(-len(np.load(folder / "frame_ids.npy")) // 4) - 16)  # only the missing batches
+    assert not (split / f"{LATENTS_DIR}.partial").exists()
+    for cam in CAMERAS:
+        assert np.array_equal(np.load(folder / f"{cam}.npy"), expected[cam])
+
+
+def test_latents_of_another_autoencoder_are_refused(calvin_root, policy):
+    split, res = calvin_root / "training", policy.resolution
+    # auto without latents: images; "on" without latents: an error naming the command
+    assert CalvinDataset(split, image_size=res, vae_latents="auto", vae=_identity(policy))[0]["rgb_obs"][
+        "rgb_static"].shape[1] == 3
+    with pytest.raises(DatasetError, match="encode_latents"):
+        CalvinDataset(split, image_size=res, vae_latents="on", vae=_identity(policy))
+    encode_split(split, policy.tvp_encoder.vae, res, batch=16, workers=0, progress=False)
+    other = type(policy.tvp_encoder.vae).from_config(policy.tvp_encoder.vae.config)  # fresh random weights
+    with pytest.raises(DatasetError, match="another autoencoder"):
+        CalvinDataset(split, image_size=res, vae_latents="auto", vae=lambda: vae_identity(other, res))
+    with pytest.raises(DatasetError, match="another autoencoder"):  # and the encoder will not mix them either
+        encode_split(split, other, res, batch=16, workers=0, progress=False)
+    with pytest.raises(DatasetError, match="video model at hand"):
+        CalvinDataset(split, image_size=res, vae_latents="auto")
+    with pytest.raises(DatasetError, match="vae_latents must be one of"):
+        CalvinDataset(split, image_size=res, vae_latents="yes", vae=_identity(policy))
+
+
+def test_trainer_dataset_factory_serves_latents_when_present(calvin_root, tiny_model_dirs, policy):
+    from policy_models.training.config import compose_config
+    from policy_models.training.trainer import default_dataset_factory
+
+    svd, clip = tiny_model_dirs
+    cfg = compose_config(CONF / "tiny_calvin.yaml", [f"root_data_dir={calvin_root}", f"video_model_path={svd}",
+                                                     f"text_encoder_path={clip}"])
+    assert default_dataset_factory(cfg, "train", policy).latents is None
+    for split in ("training", "validation"):
+        encode_split(calvin_root / split, policy.tvp_encoder.vae, policy.resolution, workers=0, progress=False)
+    for split in ("train", "val"):
+        ds = default_dataset_factory(cfg, split, policy)
+        assert ds.latents is not None and ds[0]["rgb_obs"]["rgb_gripper"].shape[1] == 4
