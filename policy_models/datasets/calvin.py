@@ -355,7 +355,7 @@ class CalvinDataset(RobotDataset):
         image_size: int | None = 256,
         data_format: str = "auto",
         action_key: str = "rel_actions",
-        vae_latents: str = "off",
+        vae_latents: str | bool = "off",
         vae: Callable[[], VaeIdentity] | None = None,
     ):
         """`vae_latents`: "auto" serves the precomputed latents of `<split>/vae_latents/` when that folder exists,
@@ -397,7 +397,9 @@ class CalvinDataset(RobotDataset):
     def data_format(self) -> str:
         return self.frames.kind
 
-    def _open_latents(self, mode: str, vae: Callable[[], VaeIdentity] | None) -> LatentFrames | None:
+    def _open_latents(self, mode: str | bool, vae: Callable[[], VaeIdentity] | None) -> LatentFrames | None:
+        if isinstance(mode, bool):  # yaml reads on / off as booleans
+            mode = "on" if mode else "off"
         if mode not in LATENT_MODES:
             raise DatasetError(f"dataset.vae_latents must be one of {LATENT_MODES}, got {mode!r}")
         folder = latents_folder(self.split_dir)

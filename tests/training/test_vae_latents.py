@@ -136,3 +136,8 @@ def test_trainer_dataset_factory_serves_latents_when_present(calvin_root, tiny_m
     for split in ("train", "val"):
         ds = default_dataset_factory(cfg, split, policy)
         assert ds.latents is not None and ds[0]["rgb_obs"]["rgb_gripper"].shape[1] == 4
+    # on the command line, dataset.vae_latents=off / on arrive as yaml booleans
+    for value, uses_latents in (("off", False), ("on", True)):
+        cfg = compose_config(CONF / "tiny_calvin.yaml", [f"root_data_dir={calvin_root}", f"video_model_path={svd}",
+                                                         f"text_encoder_path={clip}", f"dataset.vae_latents={value}"])
+        assert (default_dataset_factory(cfg, "train", policy).latents is not None) is uses_latents
