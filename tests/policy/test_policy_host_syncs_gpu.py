@@ -31,7 +31,7 @@ def _recorded(fn, name, order):
     return wrapped
 
 
-def test_training_step_syncs_only_in_the_text_tower_before_the_video_pass(tiny_robot_policy):
+def test_training_step_syncs_only_in_the_text_tower_before_the_video_pass(tiny_robot_policy, forbid_host_syncs):
     """Three cameras, robot state and loss groups: every input path of `compute_loss`."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
@@ -55,10 +55,6 @@ def test_training_step_syncs_only_in_the_text_tower_before_the_video_pass(tiny_r
     tvp = policy.tvp_encoder
     tvp.text_tokens = _syncs_allowed(tvp.text_tokens, "text tokens", order)
     tvp.features = _recorded(tvp.features, "video pass", order)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with forbid_host_syncs():
         step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert order == ["goal", "text tokens", "video pass"]
