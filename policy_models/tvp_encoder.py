@@ -27,9 +27,9 @@ def vae_scale_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def input_resolution(unet, vae) -> int:
+def input_resolution(unet_sample_size: int, vae) -> int:
     """Input image size: unet.sample_size * vae_scale_factor // 3 (96 * 8 // 3 = 256 for the real model)."""
-    return unet.config.sample_size * vae_scale_factor(vae) // 3
+    return unet_sample_size * vae_scale_factor(vae) // 3
 
 
 def up_block_channels(unet) -> list[int]:
@@ -113,7 +113,7 @@ class TVPEncoder(nn.Module):
 
     @property
     def resolution(self) -> int:
-        return input_resolution(self.unet, self.vae)
+        return input_resolution(self.unet.config.sample_size, self.vae)
 
     @property
     def latent_size(self) -> int:

@@ -166,8 +166,10 @@ def encode_split(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+
     from policy_models.tvp_encoder import input_resolution
-    from video_models.builders import load_video_model
+    from video_models.builders import ModelFolderError, check_video_model_folder
     from vpp_core.precision import resolve_dtype
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -188,9 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     dtype = resolve_dtype(args.video_dtype, args.device)
-    unet, vae, scheduler = load_video_model(args.video_model_path, dtype=dtype, device=args.device)
-    image_size = input_resolution(unet, vae)
-    del unet, scheduler
+    try:
+        folder = check_video_model_folder(args.video_model_path)
+    except ModelFolderError as exc:
+        log.error("%s", exc)
+        return 2
+    # only the autoencoder's weights are needed; the U-Net's config gives the image size
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(folder, subfolder="vae", torch_dtype=dtype).to(args.device)
+    image_size = input_resolution(UNetSpatioTemporalConditionModel.load_config(folder, subfolder="unet")["sample_size"],
+                                  vae)
     try:
         for split in args.splits:
             encode_split(Path(args.root) / split, vae.eval(), image_size, cameras=args.cameras,

@@ -35,8 +35,10 @@ def _identity(policy):
     return lambda: vae_identity(policy.tvp_encoder.vae, policy.resolution)
 
 
-def test_cli_latents_are_the_policys_own_encoding(calvin_root, tiny_model_dirs, policy):
+def test_cli_latents_are_the_policys_own_encoding(calvin_root, tiny_model_dirs, policy, tmp_path):
     split = calvin_root / "training"
+    assert main(["--root", str(calvin_root), "--video_model_path", str(tmp_path / "nothing"), "--device", "cpu"]) == 2
+    assert not (split / LATENTS_DIR).exists()
     assert main(["--root", str(calvin_root), "--video_model_path", str(tiny_model_dirs[0]), "--video_dtype", "fp32",
                  "--device", "cpu", "--workers", "0", "--batch", "1", "--no_progress"]) == 0
     index = json.loads((split / LATENTS_DIR / "index.json").read_text())
