@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from policy_models.datasets.base import DatasetError, preprocess_rgb
 from policy_models.datasets.calvin import CalvinDataset, annotated_frames
+from policy_models.datasets.pack_calvin import PartialArrays
 from policy_models.datasets.vae_latents import (
     LATENTS_DIR,
     LATENTS_INDEX,
@@ -42,12 +42,10 @@ from policy_models.datasets.vae_latents import (
     vae_identity,
 )
 from policy_models.tvp_encoder import vae_scale_factor
-from vpp_core.io import atomic_json_dump
 
 log = logging.getLogger("encode_latents")
 
 PARTIAL_DIR = LATENTS_DIR + ".partial"
-PROGRESS = "progress.json"
 
 
 class _FrameImages(Dataset):
@@ -103,33 +101,10 @@ def encode_split(
     plan = {"version": LATENTS_VERSION, "num_frames": len(frame_ids), "vae": identity.to_dict(),
             "cameras": {cam: {"file": f"{cam}.npy", "shape": shape, "dtype": stored.str} for cam in cameras},
             "frame_ids_sha1": hashlib.sha1(frame_ids.tobytes()).hexdigest(), "batch": batch}
-    plan_id = hashlib.sha1(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    out = PartialArrays(final, split_dir / PARTIAL_DIR, plan["cameras"], plan, f"encoding {split_dir}")
+    np.save(out.partial / "frame_ids.npy", frame_ids)
 
-    partial = split_dir / PARTIAL_DIR
-    progress_path = partial / PROGRESS
-    done = 0
-    if progress_path.is_file():
-        try:
-            previous = json.loads(progress_path.read_text())
-        except json.JSONDecodeError:
-            previous = {}
-        if previous.get("plan_id") == plan_id and all((partial / v["file"]).is_file()
-                                                       for v in plan["cameras"].values()):
-            done = int(previous.get("done", 0))
-            log.info("%s: resuming at frame %d / %d", split_dir, done, len(frame_ids))
-        else:
-            log.info("%s: discarding partial latents made with other settings", split_dir)
-    if done == 0 and partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for cam, entry in plan["cameras"].items():
-        path = partial / entry["file"]
-        arrays[cam] = (np.load(path, mmap_mode="r+") if done else
-                       np.lib.format.open_memmap(path, mode="w+", dtype=stored, shape=tuple(shape)))
-    np.save(partial / "frame_ids.npy", frame_ids)
-
-    first_batch = done // batch  # progress is recorded at whole batches
+    first_batch = out.done // batch  # progress is recorded at whole batches
     images = _FrameImages(dataset, frame_ids, batch, image_size)
     loader = DataLoader(torch.utils.data.Subset(images, range(first_batch, len(images))), batch_size=None,
                         num_workers=workers, pin_memory=device.type == "cuda")
@@ -142,25 +117,16 @@ def encode_split(
         start = k * batch
         for cam, pixels in cams.items():
             latents = vae.encode(pixels.to(device, vae_dtype)).latent_dist.mode().to(vae_dtype)
-            arrays[cam][start : start + len(pixels)] = latents.float().cpu().numpy().astype(stored)
+            out.arrays[cam][start : start + len(pixels)] = latents.float().cpu().numpy().astype(stored)
         end = start + len(next(iter(cams.values())))
         if (k + 1) % 16 == 0 or end == len(frame_ids):
-            for arr in arrays.values():
-                arr.flush()
-            atomic_json_dump({"plan_id": plan_id, "done": end}, progress_path)
+            out.record(end)
         if bar:
             bar.update(end - start)
     if bar:
         bar.close()
-    for arr in arrays.values():
-        arr.flush()
-    del arrays
-    atomic_json_dump({**plan, "frame_ids_file": "frame_ids.npy", "complete": True,
-                      "source": {"folder": str(split_dir), "frames": dataset.frames.kind}}, partial / LATENTS_INDEX)
-    progress_path.unlink(missing_ok=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
+    out.finish(LATENTS_INDEX, {**plan, "frame_ids_file": "frame_ids.npy", "complete": True,
+                               "source": {"folder": str(split_dir), "frames": dataset.frames.kind}})
     log.info("%s: %d frames encoded -> %s", split_dir, len(frame_ids), final)
     return final
 

@@ -122,6 +122,77 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class PartialArrays:
+    """The resumable, atomic write of a folder of `.npy` arrays, shared by ``pack_calvin`` and ``encode_latents``.
+
+    The arrays (`layout`: name -> {"file", "shape", "dtype"}) are memory-mapped in `partial` and filled in order by
+    the caller, who calls `record(done)` after each stretch it wants kept: the arrays are flushed and `progress.json`
+    notes how many rows are complete. Made again with the same `plan` (any json-serialisable description of the job),
+    the writer continues at that row; a partial folder of another plan is discarded. `finish` writes the index and
+    only then renames `partial` to `final`, replacing an older `final` last, so a reader never sees a half-written
+    folder. `what` names the job in messages."""
+
+    def __init__(self, final: Path, partial: Path, layout: dict[str, dict[str, Any]], plan: dict[str, Any], what: str):
+        self.final, self.partial, self.what = final, partial, what
+        self.plan_id = hashlib.sha1(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+        self.progress_path = partial / PROGRESS
+        self.nbytes = sum(int(np.prod(v["shape"])) * np.dtype(v["dtype"]).itemsize for v in layout.values())
+        rows = int(next(iter(layout.values()))["shape"][0])
+        done = 0
+        if self.progress_path.is_file():
+            try:
+                previous = json.loads(self.progress_path.read_text())
+            except json.JSONDecodeError:
+                previous = {}
+            if previous.get("plan_id") == self.plan_id:
+                done = int(previous.get("done", 0))
+                log.info("%s: resuming at row %d / %d", what, done, rows)
+            else:
+                log.info("%s: discarding a partial folder made with different settings", what)
+        if done > 0 and not all((partial / v["file"]).is_file() for v in layout.values()):
+            log.info("%s: the partial folder is missing array files; starting over", what)
+            done = 0
+        if done == 0 and partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        if done == 0:
+            free = shutil.disk_usage(partial).free
+            if self.nbytes > free:
+                raise DatasetError(f"{what} needs {self.nbytes / 1e9:.1f} GB but only {free / 1e9:.1f} GB are free on "
+                                   "that disk")
+        self.done = done
+        self.arrays = {
+            name: np.load(partial / v["file"], mmap_mode="r+") if done else
+            np.lib.format.open_memmap(partial / v["file"], mode="w+", dtype=np.dtype(v["dtype"]),
+                                      shape=tuple(v["shape"]))
+            for name, v in layout.items()
+        }
+
+    def record(self, done: int) -> None:
+        for arr in self.arrays.values():
+            arr.flush()
+        _write_json_atomic({"plan_id": self.plan_id, "done": done}, self.progress_path)
+
+    def finish(self, index_name: str, index: dict[str, Any]) -> Path:
+        for arr in self.arrays.values():
+            arr.flush()
+        self.arrays = {}
+        _write_json_atomic(index, self.partial / index_name)
+        self.progress_path.unlink(missing_ok=True)
+        _fsync_dir(self.partial)
+        if self.final.exists():
+            old = self.final.with_name(self.final.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(self.final, old)
+            os.replace(self.partial, self.final)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.partial, self.final)
+        _fsync_dir(self.final.parent)
+        return self.final
+
+
 def pack_split(
     split_dir: str | Path,
     keys: Sequence[str] = DEFAULT_KEYS,
@@ -157,43 +228,11 @@ def pack_split(
     n = len(frame_ids)
     plan = {"version": PACKED_VERSION, "num_frames": n, "keys": layout, "naming": naming.__dict__,
             "frames": frames, "frame_ids_sha1": hashlib.sha1(frame_ids.tobytes()).hexdigest()}
-    plan_id = hashlib.sha1(json.dumps(plan, sort_keys=True).encode()).hexdigest()
 
-    partial = split_dir / PARTIAL_DIR
-    done = 0
-    prog_path = partial / PROGRESS
-    if prog_path.is_file():
-        try:
-            prog = json.loads(prog_path.read_text())
-        except json.JSONDecodeError:
-            prog = {}
-        if prog.get("plan_id") == plan_id:
-            done = int(prog.get("done", 0))
-            log.info("%s: resuming packing at frame %d / %d", split_dir, done, n)
-        else:
-            log.info("%s: discarding a partial pack made with different settings", split_dir)
-    if done > 0 and not all((partial / v["file"]).is_file() for v in layout.values()):
-        log.info("%s: partial pack is missing array files; starting over", split_dir)
-        done = 0
-    if done == 0 and partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-
-    need = sum(int(np.prod(v["shape"])) * np.dtype(v["dtype"]).itemsize for v in layout.values())
-    if done == 0:
-        free = shutil.disk_usage(partial).free
-        if need > free:
-            raise DatasetError(f"packing {split_dir} needs {need / 1e9:.1f} GB but only {free / 1e9:.1f} GB are free "
-                               f"on that disk")
-    log.info("%s: packing %d frames, keys %s, %.2f GB -> %s", split_dir, n, list(keys), need / 1e9, final)
-    arrays = {}
-    for k, v in layout.items():
-        path = partial / v["file"]
-        if done > 0:
-            arrays[k] = np.load(path, mmap_mode="r+")
-        else:
-            arrays[k] = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(v["dtype"]), shape=tuple(v["shape"]))
-    np.save(partial / "frame_ids.npy", frame_ids)
+    out = PartialArrays(final, split_dir / PARTIAL_DIR, layout, plan, f"packing {split_dir}")
+    done = out.done
+    log.info("%s: packing %d frames, keys %s, %.2f GB -> %s", split_dir, n, list(keys), out.nbytes / 1e9, final)
+    np.save(out.partial / "frame_ids.npy", frame_ids)
 
     starts = list(range(done, n, chunk))
     jobs = [(str(split_dir), naming.__dict__, frame_ids[s : s + chunk].tolist(), keys) for s in starts]
@@ -211,12 +250,10 @@ def pack_split(
                 if arr.shape[1:] != expect:
                     raise DatasetError(f"{split_dir}: key {k!r} of frames {int(frame_ids[s])}.. has shape "
                                        f"{arr.shape[1:]}, expected {expect} (from frame {int(frame_ids[0])})")
-                arrays[k][s : s + len(arr)] = arr
+                out.arrays[k][s : s + len(arr)] = arr
             e = s + len(next(iter(res.values())))
             if (e // chunk) % 16 == 0 or e == n:  # flush + record progress every 16 chunks
-                for a in arrays.values():
-                    a.flush()
-                _write_json_atomic({"plan_id": plan_id, "done": e}, prog_path)
+                out.record(e)
             if bar:
                 bar.update(e - s)
     finally:
@@ -224,24 +261,8 @@ def pack_split(
             pool.terminate()
         if bar:
             bar.close()
-    for a in arrays.values():
-        a.flush()
-    del arrays
-    index = {**plan, "frame_ids_file": "frame_ids.npy", "complete": True,
-             "source": {"folder": str(split_dir), "lang_file": str(lang_path) if lang_path else None}}
-    _write_json_atomic(index, partial / PACKED_INDEX)
-    prog_path.unlink(missing_ok=True)
-    _fsync_dir(partial)
-    if final.exists():
-        old = split_dir / (PACKED_DIR + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(partial, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(partial, final)
-    _fsync_dir(split_dir)
+    out.finish(PACKED_INDEX, {**plan, "frame_ids_file": "frame_ids.npy", "complete": True,
+                              "source": {"folder": str(split_dir), "lang_file": str(lang_path) if lang_path else None}})
     log.info("%s: done -> %s", split_dir, final)
     return final
 
