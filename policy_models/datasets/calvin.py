@@ -27,7 +27,6 @@ the packed arrays are read without pickle.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from policy_models.datasets.base import DatasetError, RobotDataset, preprocess_rgb
+from policy_models.datasets.frame_arrays import FRAME_ARRAYS_INDEX, FrameArrays
 from policy_models.datasets.vae_latents import (
     LATENT_MODES,
     LATENTS_INDEX,
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 LANG_FILE = "auto_lang_ann.npy"
 PACKED_DIR = "packed"
-PACKED_INDEX = "index.json"
+PACKED_INDEX = FRAME_ARRAYS_INDEX
 PACKED_VERSION = 1
 DATA_FORMATS = ("auto", "packed", "npz")
 
@@ -237,53 +237,28 @@ class NpzFrames:
         return np.array([self.naming.path(self.folder, int(f)).is_file() for f in frames], dtype=bool)
 
 
-class PackedFrames:
+class PackedFrames(FrameArrays):
     """Reads frames from the contiguous memory-mapped arrays written by ``pack_calvin`` (``<split>/packed/``)."""
 
     kind = "packed"
 
     def __init__(self, folder: Path):
-        self.folder = folder
-        index_path = folder / PACKED_INDEX
-        try:
-            self.index = json.loads(index_path.read_text())
-        except Exception as exc:
-            raise DatasetError(f"cannot read packed index {index_path}: {exc}; re-run pack_calvin") from exc
-        if self.index.get("version") != PACKED_VERSION or not self.index.get("complete"):
-            raise DatasetError(f"{index_path}: incomplete or unsupported packed data (version "
-                               f"{self.index.get('version')}); re-run python -m policy_models.datasets.pack_calvin")
+        super().__init__(folder, PACKED_VERSION, "pack_calvin")
         self.keys: dict[str, dict[str, Any]] = self.index["keys"]
-        self.frame_ids = np.load(folder / self.index["frame_ids_file"])
-        self._arrays: dict[str, np.ndarray] = {}
 
     def describe(self) -> str:
         return f"packed arrays in {self.folder} ({len(self.frame_ids)} frames, keys {sorted(self.keys)})"
 
-    def __getstate__(self):  # memmaps are reopened in each DataLoader worker
-        state = self.__dict__.copy()
-        state["_arrays"] = {}
-        return state
-
     def array(self, key: str) -> np.ndarray:
-        arr = self._arrays.get(key)
-        if arr is None:
-            if key not in self.keys:
-                raise DatasetError(f"{self.folder}: key {key!r} was not packed (packed keys: {sorted(self.keys)}); "
-                                   f"re-run pack_calvin with --keys including {key} or use dataset.data_format=npz")
-            path = self.folder / self.keys[key]["file"]
-            arr = np.load(path, mmap_mode="r")
-            expect = tuple(self.keys[key]["shape"])
-            if arr.shape != expect:
-                raise DatasetError(f"{path}: shape {arr.shape} != {expect} recorded in {PACKED_INDEX}; re-pack")
-            self._arrays[key] = arr
-        return arr
+        if key not in self.keys:
+            raise DatasetError(f"{self.folder}: key {key!r} was not packed (packed keys: {sorted(self.keys)}); "
+                               f"re-run pack_calvin with --keys including {key} or use dataset.data_format=npz")
+        return self._open(key, self.keys[key])
 
     def rows(self, frames: np.ndarray) -> np.ndarray:
-        frames = np.asarray(frames, dtype=np.int64)
-        rows = np.searchsorted(self.frame_ids, frames)
-        ok = (rows < len(self.frame_ids)) & (self.frame_ids[np.minimum(rows, len(self.frame_ids) - 1)] == frames)
+        rows, ok = self.lookup(frames)
         if not ok.all():
-            missing = frames[~ok]
+            missing = np.asarray(frames)[~ok]
             raise DatasetError(f"{self.folder}: frames {missing[:5].tolist()} are not in the packed arrays; re-run "
                                "pack_calvin --overwrite (the annotations changed?) or use dataset.data_format=npz")
         return rows
@@ -307,11 +282,6 @@ class PackedFrames:
 
     def check_frame(self, frame: int, cameras: Sequence[str], action_key: str, action_dim: int) -> None:
         self.read_window(np.array([frame]), 1, cameras, action_key, action_dim)
-
-    def has_frames(self, frames: np.ndarray) -> np.ndarray:
-        frames = np.asarray(frames, dtype=np.int64)
-        rows = np.searchsorted(self.frame_ids, frames)
-        return (rows < len(self.frame_ids)) & (self.frame_ids[np.minimum(rows, len(self.frame_ids) - 1)] == frames)
 
 
 def packed_folder(split_dir: Path) -> Path:

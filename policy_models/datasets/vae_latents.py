@@ -20,7 +20,6 @@ Unscaled values in the autoencoder's own dtype are what the policy computes on t
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +29,10 @@ import numpy as np
 import torch
 
 from policy_models.datasets.base import DatasetError
+from policy_models.datasets.frame_arrays import FRAME_ARRAYS_INDEX, FrameArrays
 
 LATENTS_DIR = "vae_latents"
-LATENTS_INDEX = "index.json"
+LATENTS_INDEX = FRAME_ARRAYS_INDEX
 LATENTS_VERSION = 1
 LATENT_MODES = ("auto", "on", "off")
 
@@ -75,20 +75,12 @@ def storage_dtype(vae_dtype: torch.dtype) -> np.dtype:
     return np.dtype(np.float16) if vae_dtype == torch.float16 else np.dtype(np.float32)
 
 
-class LatentFrames:
+class LatentFrames(FrameArrays):
     """Reads the latents written by ``encode_latents`` for one split, after checking they match `expected`."""
 
     def __init__(self, folder: Path, expected: VaeIdentity, cameras: Sequence[str]):
-        self.folder = Path(folder)
+        super().__init__(folder, LATENTS_VERSION, "encode_latents")
         index_path = self.folder / LATENTS_INDEX
-        try:
-            self.index = json.loads(index_path.read_text())
-        except Exception as exc:
-            raise DatasetError(f"cannot read latent index {index_path}: {exc}; re-run "
-                               "python -m policy_models.datasets.encode_latents") from exc
-        if self.index.get("version") != LATENTS_VERSION or not self.index.get("complete"):
-            raise DatasetError(f"{index_path}: incomplete or unsupported latents (version "
-                               f"{self.index.get('version')}); re-run python -m policy_models.datasets.encode_latents")
         made_with = self.index.get("vae", {})
         differs = [k for k, v in expected.to_dict().items() if made_with.get(k) != v]
         if differs:
@@ -103,40 +95,15 @@ class LatentFrames:
             raise DatasetError(f"{index_path}: no latents for cameras {missing} (encoded: "
                                f"{sorted(self.index['cameras'])}); re-run encode_latents with --cameras")
         self.scaling_factor = float(made_with["scaling_factor"])
-        self.frame_ids = np.load(self.folder / self.index["frame_ids_file"])
-        self._arrays: dict[str, np.ndarray] = {}
 
     def describe(self) -> str:
         return f"VAE latents in {self.folder} ({len(self.frame_ids)} frames)"
 
-    def __getstate__(self):  # memmaps are reopened in each DataLoader worker
-        state = self.__dict__.copy()
-        state["_arrays"] = {}
-        return state
-
-    def _array(self, camera: str) -> np.ndarray:
-        arr = self._arrays.get(camera)
-        if arr is None:
-            entry = self.index["cameras"][camera]
-            path = self.folder / entry["file"]
-            arr = np.load(path, mmap_mode="r")
-            if list(arr.shape) != entry["shape"]:
-                raise DatasetError(f"{path}: shape {arr.shape} != {entry['shape']} recorded in {LATENTS_INDEX}")
-            self._arrays[camera] = arr
-        return arr
-
-    def has_frames(self, frames: np.ndarray) -> np.ndarray:
-        frames = np.asarray(frames, dtype=np.int64)
-        rows = np.minimum(np.searchsorted(self.frame_ids, frames), len(self.frame_ids) - 1)
-        return self.frame_ids[rows] == frames
-
     def read(self, frames: np.ndarray, cameras: Sequence[str]) -> dict[str, torch.Tensor]:
         """{camera: (len(frames), 4, h, w) float32 scaled latents}, the policy's latent camera input."""
-        frames = np.asarray(frames, dtype=np.int64)
-        have = self.has_frames(frames)
+        rows, have = self.lookup(frames)
         if not have.all():
-            raise DatasetError(f"{self.folder}: frames {frames[~have][:5].tolist()} have no latents; re-run "
-                               "encode_latents (the annotations changed?) or set dataset.vae_latents=off")
-        rows = np.searchsorted(self.frame_ids, frames)
-        return {cam: torch.from_numpy(np.array(self._array(cam)[rows], dtype=np.float32)) * self.scaling_factor
-                for cam in cameras}
+            raise DatasetError(f"{self.folder}: frames {np.asarray(frames)[~have][:5].tolist()} have no latents; "
+                               "re-run encode_latents (the annotations changed?) or set dataset.vae_latents=off")
+        return {cam: torch.from_numpy(np.array(self._open(cam, self.index["cameras"][cam])[rows], dtype=np.float32))
+                * self.scaling_factor for cam in cameras}
