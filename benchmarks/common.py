@@ -95,7 +95,8 @@ SDPA_BACKENDS = {
 
 
 def add_backend_arguments(parser) -> None:
-    """Flags every GPU harness shares: cuDNN autotuning and a kernel-level profile of the timed function."""
+    """Flags every GPU harness shares: cuDNN autotuning, the allowed attention kernels, a kernel-level profile and
+    a report of host-device syncs in the timed function."""
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark = True: time every convolution algorithm once per shape "
                              "and keep the fastest (same math, other kernels)")
