@@ -51,7 +51,7 @@ def _repo_path(p: str | Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     from policy_evaluation.baselines import BASELINES
-    from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS
+    from vpp_core.config import AUTO, COMPILE_MODES_WITHOUT_CUDA_GRAPHS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video_model_path", help="stage-1 video model folder (default: the checkpoint config's)")
@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--use_ema", action="store_true", default=None)
     ap.add_argument("--cudnn_benchmark", action="store_true", default=None,
                     help="CUDA: cuDNN picks the fastest convolution algorithms (faster chunks; may round differently)")
-    ap.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES_WITHOUT_CUDA_GRAPHS, metavar="MODE",
-                    help="torch.compile the video model's passes and the action head (MODE: default or "
-                         "max-autotune-no-cudagraphs; faster chunks, close to eager but not bit-identical)")
+    ap.add_argument("--compile", nargs="?", const="default", choices=[AUTO, "none", *COMPILE_MODES_WITHOUT_CUDA_GRAPHS],
+                    metavar="MODE", help="torch.compile the video model's passes and the action head (MODE: auto = "
+                    "default on CUDA, the yaml's default; none; default; max-autotune-no-cudagraphs). Faster chunks, "
+                    "close to eager but not bit-identical")
     egl = ap.add_mutually_exclusive_group()
     egl.add_argument("--egl", dest="use_egl", action="store_true", default=None, help="force EGL rendering")
     egl.add_argument("--no_egl", dest="use_egl", action="store_false", help="pybullet's CPU TinyRenderer")
@@ -172,6 +173,7 @@ def main_evaluate(argv: list[str]) -> int:
         single_task_suite,
     )
     from policy_evaluation.suites import SuiteError, calvin_suite, parse_sim_tasks, sim_suite
+    from vpp_core.config import ConfigError, auto_flag, compile_setting
 
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config)
@@ -183,6 +185,10 @@ def main_evaluate(argv: list[str]) -> int:
     try:
         env = pick("env", "calvin")
         shard = parse_shard(args.shard)
+        # checked before any env or process starts; "auto" resolves per worker, on its device
+        compile_mode = compile_setting(pick("compile"), "compile")
+        short_query = pick("short_query_attention", False)
+        auto_flag(short_query, "short_query_attention", "cpu")
         sim_tasks = parse_sim_tasks(pick("sim_tasks"))
         if env != "sim" and sim_tasks:
             raise EvaluationError("--sim_tasks needs --env sim")
@@ -231,7 +237,8 @@ def main_evaluate(argv: list[str]) -> int:
                 use_ema=bool(pick("use_ema", False)),
                 dtype=cfg.get("dtype"),
                 cudnn_benchmark=bool(pick("cudnn_benchmark", False)),
-                compile_mode=_compile_mode(pick("compile")),
+                compile_mode=compile_mode,
+                short_query_attention=short_query,
             )
         output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
             args.action_model_folder or BASELINE_OUTPUT_ROOT, env, factory.name, shard, sim_tasks, trials
@@ -268,7 +275,8 @@ def main_evaluate(argv: list[str]) -> int:
         finally:
             if wandb_run is not None:
                 wandb_run.finish()
-    except (CalvinSetupError, CheckpointNotFoundError, EvaluationError, FileNotFoundError, SuiteError) as exc:
+    except (CalvinSetupError, CheckpointNotFoundError, ConfigError, EvaluationError, FileNotFoundError,
+            SuiteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     title = f"Results for {factory.name}"
@@ -277,20 +285,6 @@ def main_evaluate(argv: list[str]) -> int:
     print_metrics(metrics, title + ":")
     print(f"Saved {output_dir / 'results.json'}")
     return 0
-
-
-def _compile_mode(value: Any) -> str | None:
-    """The `compile` setting (flag or yaml): None when off, else one of COMPILE_MODES_WITHOUT_CUDA_GRAPHS."""
-    from policy_evaluation.runner import EvaluationError
-    from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS
-
-    if value in (None, False, "null", "none"):
-        return None
-    if value not in COMPILE_MODES_WITHOUT_CUDA_GRAPHS:
-        raise EvaluationError(
-            f"compile must be null or one of {list(COMPILE_MODES_WITHOUT_CUDA_GRAPHS)}, got {value!r}"
-        )
-    return str(value)
 
 
 def _single_task_trials(value: Any, args: argparse.Namespace, env: str, shard: tuple[int, int]) -> int | None:

@@ -58,7 +58,8 @@ class CheckpointPolicyFactory:
     use_ema: bool = False
     dtype: str | None = None
     cudnn_benchmark: bool = False
-    compile_mode: str | None = None
+    compile_mode: str | None = None  # None, "auto" (compiled on CUDA) or a torch.compile mode
+    short_query_attention: bool | str = False  # True, False or "auto" (on CUDA)
 
     @property
     def name(self) -> str:
@@ -68,10 +69,15 @@ class CheckpointPolicyFactory:
     def settings(self) -> dict[str, Any]:
         """What changes the policy's behaviour (recorded in eval_config.json; a resume must match)."""
         return {"overrides": dict(self.overrides), "use_ema": self.use_ema, "dtype": self.dtype,
-                "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compile_mode}
+                "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compile_mode,
+                "short_query_attention": self.short_query_attention}
 
     def __call__(self, device: str):
+        import torch
+
         from policy_models.checkpoints import load_policy
+        from video_models.attention_kernels import use_short_query_kernels
+        from vpp_core.config import auto_flag, resolve_compile_setting
 
         policy = load_policy(
             self.checkpoint_dir,
@@ -83,6 +89,10 @@ class CheckpointPolicyFactory:
             use_ema=self.use_ema,
         )
         policy.use_fastest_exact_inference(cudnn_benchmark=self.cudnn_benchmark)
-        if self.compile_mode is not None:
-            policy.compile_for_inference(self.compile_mode)
+        device_type = torch.device(device).type
+        if auto_flag(self.short_query_attention, "short_query_attention", device_type):
+            use_short_query_kernels(policy.tvp_encoder.unet)  # before compiling: the graphs trace it
+        compile_mode = resolve_compile_setting(self.compile_mode, device_type)
+        if compile_mode is not None:
+            policy.compile_for_inference(compile_mode)
         return policy

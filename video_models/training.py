@@ -45,7 +45,8 @@ from video_models.checkpointing import CHECKPOINTING_MODES, configure_gradient_c
 from video_models.edm import micro_conditioning, video_diffusion_loss
 from video_models.layer_compile import compile_unet_layers
 from video_models.text_conditioning import drop_text_embeddings, encode_text
-from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS, ConfigError, save_config
+from vpp_core.config import ConfigError, compile_setting, resolve_compile_setting, save_config
+from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl, atomic_json_dump
 from vpp_core.precision import mixed_precision_name, resolve_dtype
@@ -76,9 +77,11 @@ DEFAULTS: dict[str, Any] = {
     "validation_steps": 2000,
     "seed": 6,
     "mixed_precision": "auto",
-    # none | diffusers (what the original forced) | blocks | layers | attentions | resnets; true = layers
+    # auto (attentions when the U-Net is compiled, else layers: both fit batch 6 in 40 GiB) | none | diffusers (what
+    # the original forced) | blocks | layers | attentions | resnets; true = layers
     "gradient_checkpointing": "layers",
-    "compile_unet": None,  # opt-in torch.compile mode of every U-Net layer (COMPILE_MODES); not bit-identical
+    # torch.compile of every U-Net layer: null (eager), auto (default mode on CUDA) or a mode; not bit-identical
+    "compile_unet": None,
     "report_to": "wandb",  # wandb | none ; WANDB_MODE defaults to offline
     "train_args": {
         "project_name": "svd_xhand_cleancode",
@@ -115,9 +118,6 @@ DEFAULTS: dict[str, Any] = {
         "text_drop_prob": 0.05,
     },
 }
-
-# torch.compile modes for `compile_unet` (None: eager)
-COMPILE_MODES = (None, *COMPILE_MODES_WITHOUT_CUDA_GRAPHS)
 
 # Keys of the original yaml that never had an effect (vpp_reference §12.4); accepted with a warning so that the
 # original config files still load.
@@ -193,8 +193,8 @@ def resolve_train_config(cfg: DictConfig | dict) -> DictConfig:
         user.pop(key)
     user["train_args"] = {k: v for k, v in train_args.items() if k not in LEGACY_TRAIN_ARGS}
     merged = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.create(user))
-    if merged.compile_unet not in COMPILE_MODES:
-        raise ConfigError(f"compile_unet must be one of {list(COMPILE_MODES)}, got {merged.compile_unet!r}")
+    merged.compile_unet = compile_setting(merged.compile_unet, "compile_unet")
+    checkpointing_mode(merged.gradient_checkpointing, compiled=False)  # checked before anything is built
     missing = [k for k in REQUIRED if OmegaConf.select(merged, k) in (None, "")]
     if missing:
         raise ConfigError(
@@ -321,8 +321,12 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def checkpointing_mode(value: Any) -> str:
-    """Config value -> video_models.checkpointing mode; booleans (the original yaml's spelling) map to layers/none."""
+def checkpointing_mode(value: Any, compiled: bool) -> str:
+    """Config value -> video_models.checkpointing mode; booleans (the original yaml's spelling) map to layers/none.
+    "auto" is the fastest mode that keeps batch 6 of the full-size U-Net within 40 GiB on an H100
+    (docs/PERFORMANCE.md): attentions for compiled layers (35 GiB), layers for eager ones (eager attentions: 43 GiB)."""
+    if str(value).lower() == "auto":
+        return "attentions" if compiled else "layers"
     if value is True or str(value).lower() == "true":
         return "layers"
     if value is False or value is None or str(value).lower() in ("false", "no", "none"):
@@ -330,7 +334,7 @@ def checkpointing_mode(value: Any) -> str:
     mode = str(value).lower()
     if mode not in CHECKPOINTING_MODES:
         raise ConfigError(
-            f"gradient_checkpointing must be one of {list(CHECKPOINTING_MODES)}, true or false, got {value!r}"
+            f"gradient_checkpointing must be auto, one of {list(CHECKPOINTING_MODES)}, true or false, got {value!r}"
         )
     return mode
 
@@ -407,6 +411,7 @@ class Stage1Trainer:
             gradient_accumulation_steps=int(cfg.gradient_accumulation_steps),
             log_with="wandb" if wandb_wanted else None,
             project_config=ProjectConfiguration(project_dir=str(cfg.output_dir)),
+            kwargs_handlers=ddp_kwargs_handlers(),
         )
         acc = self.accelerator
         seed_everything(int(cfg.seed) + acc.process_index)
@@ -452,12 +457,17 @@ class Stage1Trainer:
         self.text_encoder = text_encoder.to(acc.device).eval().requires_grad_(False)
         self.scheduler = scheduler
         unet.requires_grad_(True).train()
-        configure_gradient_checkpointing(unet, checkpointing_mode(cfg.gradient_checkpointing))
-        if cfg.compile_unet:
+        # what "auto" resolved to on this device
+        self.compile_mode = resolve_compile_setting(cfg.compile_unet, acc.device.type)
+        self.gradient_checkpointing = checkpointing_mode(cfg.gradient_checkpointing, self.compile_mode is not None)
+        configure_gradient_checkpointing(unet, self.gradient_checkpointing)
+        if self.compile_mode:
             # layer by layer, inside the checkpointing: the whole-U-Net graph ignored the checkpointing and doubled
             # the memory. Only grad-enabled calls run compiled, so validation and sampling never compile, and the
             # weights and the saved U-Net are the plain module's.
-            compile_unet_layers(unet, cfg.compile_unet)
+            compile_unet_layers(unet, self.compile_mode)
+        log.info("U-Net: gradient checkpointing %s; torch.compile %s", self.gradient_checkpointing,
+                 self.compile_mode or "off")
         if acc.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

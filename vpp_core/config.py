@@ -14,14 +14,48 @@ from omegaconf import DictConfig, OmegaConf
 
 from vpp_core.io import atomic_write
 
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed; the message names the file or the override."""
+
+
 # torch.compile modes without inductor's own CUDA graphs. The policy's whole-chunk CUDA graph captures the compiled
 # kernels, which "reduce-overhead" and "max-autotune" would record in graphs of their own; stage-1 training takes the
 # same set, since those two were not tried there.
 COMPILE_MODES_WITHOUT_CUDA_GRAPHS = ("default", "max-autotune-no-cudagraphs")
 
+# "auto" in a compile or kernel setting: on for CUDA devices, off elsewhere. Compiling is what makes the GPU paths
+# fast (docs/PERFORMANCE.md), so the full-size configs default to it; on the CPU inductor needs a C++ toolchain and
+# minutes of compiling for little gain, so tests and laptop runs stay eager.
+AUTO = "auto"
+_OFF = (None, False, "null", "none", "false")
 
-class ConfigError(ValueError):
-    """A configuration file or override is malformed; the message names the file or the override."""
+
+def compile_setting(value: object, key: str) -> str | None:
+    """A torch.compile setting from a config file or flag, checked before anything is built or written: None (eager),
+    "auto" or a mode of COMPILE_MODES_WITHOUT_CUDA_GRAPHS. Inductor's own CUDA-graph modes are refused: they were
+    never measured here, and the policy's chunk graph cannot capture them."""
+    if value in _OFF:
+        return None
+    if value == AUTO or value in COMPILE_MODES_WITHOUT_CUDA_GRAPHS:
+        return str(value)
+    raise ConfigError(f"{key} must be null, {AUTO} or one of {list(COMPILE_MODES_WITHOUT_CUDA_GRAPHS)}, got {value!r}")
+
+
+def resolve_compile_setting(setting: str | None, device_type: str) -> str | None:
+    """The compile mode to use on a device of `device_type` ("cuda", "cpu", ...): "auto" is "default" on CUDA."""
+    if setting == AUTO:
+        return "default" if device_type == "cuda" else None
+    return setting
+
+
+def auto_flag(value: object, key: str, device_type: str) -> bool:
+    """A true / false / "auto" switch (auto: on for CUDA devices); anything else is an error naming `key`."""
+    if value == AUTO:
+        return device_type == "cuda"
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key} must be true, false or {AUTO}, got {value!r}")
 
 
 def normalize_overrides(args: Sequence[str]) -> list[str]:

@@ -59,7 +59,8 @@ from policy_models.training.state import (
     write_pointer,
 )
 from video_models.attention_kernels import use_short_query_kernels
-from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS, ConfigError
+from vpp_core.config import ConfigError, auto_flag, compile_setting, resolve_compile_setting
+from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl
 from vpp_core.seeding import seed_everything
@@ -117,17 +118,6 @@ def unpack_loss(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     raise TypeError(f"compute_loss returned {type(out).__name__}; expected (loss, logs), a dict or a tensor")
 
 
-def compile_mode_setting(cfg: DictConfig, key: str) -> str | None:
-    """A torch.compile mode from the config (null: eager), checked before anything is built or written. Inductor's own
-    CUDA-graph modes are refused, as in stage 1 and the evaluator: they were never measured here."""
-    value = _sel(cfg, key, None)
-    if value is None:
-        return None
-    if value not in COMPILE_MODES_WITHOUT_CUDA_GRAPHS:
-        raise ConfigError(f"{key} must be null or one of {list(COMPILE_MODES_WITHOUT_CUDA_GRAPHS)}, got {value!r}")
-    return str(value)
-
-
 def resolve_mixed_precision(name: str, device: torch.device) -> str:
     name = str(name).lower()
     if name == "auto":
@@ -173,7 +163,8 @@ class Trainer:
 
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-        self.acc = Accelerator(mixed_precision=self.mixed_precision, cpu=want_cpu)
+        self.acc = Accelerator(mixed_precision=self.mixed_precision, cpu=want_cpu,
+                               kwargs_handlers=ddp_kwargs_handlers())
         self.device = self.acc.device
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
@@ -385,12 +376,16 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ main loop
     def fit(self) -> TrainResult:
         cfg = self.cfg
-        # opt-in, close to eager but not bit-identical (docs/PERFORMANCE.md): the frozen VAE and U-Net passes
-        # (1.4x the step rate at batch 32 on an H100), and the trainable Video Former and DiT loss (another 1.1x).
-        # Checked first, so a wrong value leaves no run folder behind.
-        video_mode = compile_mode_setting(cfg, "training.compile_video_model")
-        head_mode = compile_mode_setting(cfg, "training.compile_action_head")
+        # "auto" (the full-size configs) compiles on CUDA, close to eager but not bit-identical (docs/PERFORMANCE.md):
+        # the frozen VAE and U-Net passes (1.4x the step rate at batch 32 on an H100), and the trainable Video Former
+        # and DiT loss (another 1.1x). Checked first, so a wrong value leaves no run folder behind.
+        video_setting = compile_setting(_sel(cfg, "training.compile_video_model", None), "training.compile_video_model")
+        head_setting = compile_setting(_sel(cfg, "training.compile_action_head", None), "training.compile_action_head")
+        short_query = _sel(cfg, "training.short_query_attention", False)
+        auto_flag(short_query, "training.short_query_attention", "cuda")
         self._setup_accelerator()
+        video_mode = resolve_compile_setting(video_setting, self.device.type)
+        head_mode = resolve_compile_setting(head_setting, self.device.type)
         self.run_dir, resume_ckpt = self._resolve_run_dir()
         self._setup_logging()
         seed = int(_sel(cfg, "seed", 0))
@@ -398,7 +393,7 @@ class Trainer:
         self.policy = self.policy_factory(cfg, self.device)
         self.policy.to(self.device)
         self.policy.train()
-        if _sel(cfg, "training.short_query_attention", False):
+        if auto_flag(short_query, "training.short_query_attention", self.device.type):
             use_short_query_kernels(self.policy.tvp_encoder.unet)  # before compiling: the graphs trace it
         if video_mode:
             self.policy.compile_video_model(video_mode)
@@ -443,8 +438,9 @@ class Trainer:
             log.info("initialised the trainable weights from %s", src)
         n_params = sum(p.numel() for _, p in trainable_named_parameters(self.policy))
         if self.is_main:
-            log.info("trainable parameters: %s; %d process(es); mixed precision %s; device %s", f"{n_params:,}",
-                     self.world, self.mixed_precision, self.device)
+            log.info("trainable parameters: %s; %d process(es); mixed precision %s; device %s; torch.compile: video "
+                     "model %s, action head %s", f"{n_params:,}", self.world, self.mixed_precision, self.device,
+                     video_mode or "off", head_mode or "off")
 
         bs = int(_sel(cfg, "dataloader.batch_size", 28))
         workers = int(_sel(cfg, "dataloader.num_workers", 0))

@@ -1,6 +1,7 @@
 """Clear errors (missing CALVIN, missing merged_config.yaml, missing checkpoint) and the env adapters."""
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,11 +64,16 @@ def test_policy_factory_name_and_settings():
 
 
 def test_policy_factory_compiles_only_when_asked(monkeypatch):
+    """compile / short_query_attention "auto" (the yaml's default) switch on for CUDA devices only; the device is
+    only read, so a stand-in policy shows the CUDA choice on this CPU machine."""
     import policy_models.checkpoints
+    import video_models.attention_kernels
 
     calls = []
 
     class LoadedPolicy:
+        tvp_encoder = SimpleNamespace(unet="the U-Net")
+
         def use_fastest_exact_inference(self, cudnn_benchmark=False):
             calls.append(("exact", cudnn_benchmark))
 
@@ -75,21 +81,35 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
             calls.append(("compile", mode))
 
     monkeypatch.setattr(policy_models.checkpoints, "load_policy", lambda *args, **kwargs: LoadedPolicy())
+    monkeypatch.setattr(video_models.attention_kernels, "use_short_query_kernels",
+                        lambda unet: calls.append(("short_query", unet)))
     CheckpointPolicyFactory("/x")("cpu")
     assert calls == [("exact", False)]
     calls.clear()
     CheckpointPolicyFactory("/x", compile_mode="max-autotune-no-cudagraphs")("cpu")
     assert calls == [("exact", False), ("compile", "max-autotune-no-cudagraphs")]
+    calls.clear()
+    auto = CheckpointPolicyFactory("/x", compile_mode="auto", short_query_attention="auto")
+    auto("cpu")
+    assert calls == [("exact", False)]
+    calls.clear()
+    auto("cuda:1")
+    assert calls == [("exact", False), ("short_query", "the U-Net"), ("compile", "default")]
+    assert auto.settings["compile"] == "auto" and auto.settings["short_query_attention"] == "auto"
 
 
-def test_compile_setting_is_validated():
-    from policy_evaluation.runner import EvaluationError
-
-    assert calvin_evaluate._compile_mode(None) is None and calvin_evaluate._compile_mode("null") is None
-    assert calvin_evaluate._compile_mode("max-autotune-no-cudagraphs") == "max-autotune-no-cudagraphs"
-    with pytest.raises(EvaluationError, match="compile must be null or one of"):
-        calvin_evaluate._compile_mode("reduce-overhead")
-    assert calvin_evaluate.build_parser().parse_args(["--baseline", "random", "--compile"]).compile == "default"
+def test_compile_setting_is_validated(tmp_path, capsys):
+    parser = calvin_evaluate.build_parser()
+    assert parser.parse_args(["--baseline", "random", "--compile"]).compile == "default"
+    assert parser.parse_args(["--baseline", "random", "--compile", "none"]).compile == "none"
+    assert parser.parse_args(["--baseline", "random", "--compile", "auto"]).compile == "auto"
+    bad = tmp_path / "eval.yaml"
+    bad.write_text("compile: reduce-overhead\n")
+    assert calvin_evaluate.main(["--baseline", "random", "--env", "sim", "--config", str(bad)]) == 2
+    assert "compile must be null, auto or one of" in capsys.readouterr().err
+    bad.write_text("short_query_attention: sometimes\n")
+    assert calvin_evaluate.main(["--baseline", "random", "--env", "sim", "--config", str(bad)]) == 2
+    assert "short_query_attention must be true, false or auto" in capsys.readouterr().err
 
 
 def test_cli_errors(tmp_path, capsys):

@@ -259,6 +259,7 @@ def test_two_trainers_with_different_precision_in_one_process(tiny_model_dirs, d
         load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "a", mixed_precision="bf16"))
     )
     assert first.accelerator.mixed_precision == "bf16"
+    assert first.accelerator.ddp_handler.gradient_as_bucket_view  # multi-GPU runs: one copy of the gradients
     second = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "b")))
     assert second.accelerator.mixed_precision == "no"
 
@@ -293,8 +294,16 @@ def test_compile_unet_compiles_each_layer_for_training_only(tiny_model_dirs, dat
     plain = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "plain")))
     assert len(compiled_modes) == len(layers)
     assert not any(getattr(m.forward, "__vpp_layer_compiled__", False) for m in unet_layers(plain.unet))
+    # the full-size configs' "auto": eager on the CPU, with the checkpointing that fits eager layers in 40 GiB
+    auto = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "auto",
+                                                          compile_unet="auto", gradient_checkpointing="auto")))
+    assert len(compiled_modes) == len(layers) and auto.compile_mode is None
+    assert auto.gradient_checkpointing == "layers"
     bad = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, compile_unet="fast")
-    with pytest.raises(ConfigError, match="compile_unet must be one of"):
+    with pytest.raises(ConfigError, match="compile_unet must be null, auto or one of"):
+        resolve_train_config(load_config(TINY, bad))
+    bad = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, gradient_checkpointing="some")
+    with pytest.raises(ConfigError, match="gradient_checkpointing must be auto, one of"):
         resolve_train_config(load_config(TINY, bad))
 
 
@@ -321,3 +330,22 @@ def test_traced_training_forward_matches_eager(tiny_model_dirs, data_root, tmp_p
     assert traced_loss == eager_loss
     for name, grad in eager_grads.items():
         torch.testing.assert_close(traced_grads[name], grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.gpu
+def test_auto_settings_compile_the_layers_on_cuda(tiny_model_dirs, data_root, tmp_path):
+    """The full-size configs' defaults on a GPU: every layer compiled (inductor), the transformers checkpointed, and
+    a training step runs through them (run with `pytest -m gpu tests/stage1`)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from video_models.checkpointing import unet_layers
+
+    overrides = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, compile_unet="auto",
+                               gradient_checkpointing="auto", mixed_precision="bf16")
+    trainer = Stage1Trainer(load_config(TINY, overrides))
+    assert trainer.compile_mode == "default" and trainer.gradient_checkpointing == "attentions"
+    layers = unet_layers(trainer.accelerator.unwrap_model(trainer.unet))
+    assert all(getattr(m.forward, "__vpp_layer_compiled__", False) for m in layers)
+    loss = trainer.loss(next(iter(trainer.train_loader)))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.device.type == "cuda"

@@ -32,6 +32,10 @@ class _First(RobotDataset):
         return {k: v for k, v in self.ds[i].items() if k != "idx"}
 
 
+# the full-size configs' fast-path defaults
+AUTO_KEYS = [f"training.{k}=auto" for k in ("compile_video_model", "compile_action_head", "short_query_attention")]
+
+
 def _data(n):
     def make(cfg, split, policy):
         return _First(default_dataset_factory(cfg, split, policy), n)
@@ -126,6 +130,11 @@ def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_s
     train(_cfg("tiny_calvin.yaml", tmp_path / "plain", *paths, "training.max_steps=1", "training.validate=false"),
           dataset_factory=_data(2))
     assert calls == []
+    # the full-size configs' "auto" compiles on CUDA only: eager here, on the CPU
+    train(_cfg("tiny_calvin.yaml", tmp_path / "auto", *paths, "training.max_steps=1", "training.validate=false",
+               *AUTO_KEYS),
+          dataset_factory=_data(2))
+    assert calls == []
     train(_cfg("tiny_calvin.yaml", tmp_path / "compiled", *paths, "training.max_steps=1", "training.validate=false",
                "training.compile_video_model=max-autotune-no-cudagraphs", "training.compile_action_head=default",
                "training.short_query_attention=true"),
@@ -136,8 +145,37 @@ def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_s
     def no_policy(cfg, device):
         raise AssertionError("the policy was built before the config was checked")
 
-    for key, value in (("compile_video_model", "fast"), ("compile_action_head", "reduce-overhead")):
-        with pytest.raises(ConfigError, match=f"training.{key} must be null or one of"):
+    for key, value, error in (("compile_video_model", "fast", "null, auto or one of"),
+                              ("compile_action_head", "reduce-overhead", "null, auto or one of"),
+                              ("short_query_attention", "sometimes", "true, false or auto")):
+        with pytest.raises(ConfigError, match=f"training.{key} must be {error}"):
             train(_cfg("tiny_calvin.yaml", tmp_path / key, *paths, f"training.{key}={value}"),
                   policy_factory=no_policy, dataset_factory=_data(2))
         assert not (tmp_path / key).exists()  # no run folder left behind
+    multi_gpu = trainer.Trainer(_cfg("tiny_calvin.yaml", tmp_path / "ddp", *paths))
+    multi_gpu._setup_accelerator()
+    assert multi_gpu.acc.ddp_handler.gradient_as_bucket_view  # DDP keeps one copy of the gradients
+
+
+@pytest.mark.gpu
+def test_auto_compile_keys_compile_on_cuda(calvin_root_session, tiny_model_dirs, tmp_path, monkeypatch):
+    """The full-size configs' "auto" on a GPU: the short-query kernels, then both compiled parts (run with
+    `pytest -m gpu tests/training`; the compile calls are recorded, not run)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from policy_models.policy import VPPPolicy
+    from policy_models.training import trainer
+
+    calls = []
+    for method in ("compile_video_model", "compile_action_head"):
+        monkeypatch.setattr(VPPPolicy, method, lambda self, mode="default", backend="inductor", _m=method:
+                            calls.append((_m, mode)))
+    monkeypatch.setattr(trainer, "use_short_query_kernels",
+                        lambda unet: calls.append(("short_query_attention", unet.device.type)))
+    svd, clip = tiny_model_dirs
+    paths = [f"root_data_dir={calvin_root_session}", f"video_model_path={svd}", f"text_encoder_path={clip}"]
+    train(_cfg("tiny_calvin.yaml", tmp_path / "auto", *paths, "training.max_steps=1", "training.validate=false",
+               *AUTO_KEYS),
+          dataset_factory=_data(2))
+    assert calls == [("short_query_attention", "cuda"), ("compile_video_model", "default"),
+                     ("compile_action_head", "default")]
