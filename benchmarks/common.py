@@ -68,6 +68,14 @@ def peak_memory_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
+def peak_reserved_gib(device: torch.device) -> float | None:
+    """The most memory the caching allocator held (allocated plus its cached free blocks): what a smaller GPU must
+    have room for, where `peak_memory_gib` counts only the tensors."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_reserved(device) / 2**30
+
+
 def emit(result: dict[str, Any]) -> None:
     print(json.dumps(result, indent=2, default=str))
 
@@ -135,13 +143,15 @@ def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters:
         for _ in range(iters):
             fn()
         synchronize(device)
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events = [e for e in prof.key_averages() if is_device_work(e)]
     total_us = sum(e.self_device_time_total for e in events) or 1.0
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
     device_ops, host_ops = [], []
     for e in prof.events():
-        on_device = e.device_type == torch.autograd.DeviceType.CUDA
-        (device_ops if on_device else host_ops).append((e.time_range.start, e.time_range.end, e.name))
+        if is_device_work(e):
+            device_ops.append((e.time_range.start, e.time_range.end, e.name))
+        elif e.device_type != torch.autograd.DeviceType.CUDA:
+            host_ops.append((e.time_range.start, e.time_range.end, e.name))
     return {
         "gpu_ms_per_call": total_us / 1000 / iters,
         "kernels": [{"name": e.key[:120], "ms_per_call": e.self_device_time_total / 1000 / iters,
@@ -149,6 +159,14 @@ def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters:
                     for e in events[:top]],
         "timeline": device_timeline(device_ops, iters, host_ops),
     }
+
+
+def is_device_work(event: Any) -> bool:
+    """A kernel, copy or memset on the GPU. The profiler also lists the GPU-side spans of annotated host regions
+    (`DistributedDataParallel.forward`, `Optimizer.step#AdamW.step`): they cover the kernels and the gaps between
+    them, so counting them as work hides idle time and double-counts kernel time (before session 10 the harnesses
+    did: docs/PERFORMANCE.md)."""
+    return event.device_type == torch.autograd.DeviceType.CUDA and not getattr(event, "is_user_annotation", False)
 
 
 def host_syncs(fn: Callable[[], Any], device: torch.device) -> list[dict[str, Any]] | None:

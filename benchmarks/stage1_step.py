@@ -5,6 +5,7 @@
     python benchmarks/stage1_step.py --size small_sim --batch 16 --checkpointing none   # the simulator experiment's
     python benchmarks/stage1_step.py --batch 6 --bf16-weights     # measurement only: what dropping the casts would save
     python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers   # compiled layer by layer
+    python benchmarks/stage1_step.py --batch 6 --ddp bucket-view   # the memory a multi-GPU run holds per GPU
 
 The step is the real training math (video_models.edm.video_diffusion_loss on 16x4x32x32 latents with text tokens
 20x1024 at full size), AdamW (lr 5e-6, wd 0) and gradient clipping 1.0, exactly what step1_train_svd.py runs per batch.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -27,6 +30,7 @@ from benchmarks.common import (
     host_syncs,
     kernel_profile,
     peak_memory_gib,
+    peak_reserved_gib,
     time_fn,
 )
 from video_models.builders import build_unet, count_parameters
@@ -46,6 +50,20 @@ class _BF16Inputs(torch.nn.Module):
                 added_time_ids: torch.Tensor):
         return self.unet(sample.to(torch.bfloat16), timestep,
                          encoder_hidden_states=encoder_hidden_states.to(torch.bfloat16), added_time_ids=added_time_ids)
+
+
+def _one_process_ddp(model: torch.nn.Module, device: torch.device,
+                     gradient_as_bucket_view: bool) -> torch.nn.Module:
+    """`model` in DistributedDataParallel over a process group of this process alone. DDP allocates its all-reduce
+    buckets and hooks as in a multi-GPU run, so the step's peak memory is what each GPU of one holds."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    rendezvous = Path(tempfile.mkdtemp(prefix="stage1_step_ddp_")) / "store"  # no port to collide with
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{rendezvous}", rank=0,
+                            world_size=1)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=gradient_as_bucket_view)
 
 
 def main() -> None:
@@ -70,6 +88,10 @@ def main() -> None:
                         help="with --compile: torch._functorch.config.activation_memory_budget = F (0-1), the share "
                              "of the activations inductor may keep for the backward pass; it recomputes the rest")
     parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
+    parser.add_argument("--ddp", choices=["off", "bucket-view", "copy"], default="off",
+                        help="wrap the U-Net in DistributedDataParallel in a one-process group, to measure what each "
+                             "GPU of a multi-GPU run holds: bucket-view = gradients as views into the all-reduce "
+                             "buckets (what the trainers ask for), copy = DDP's default, a second copy beside them")
     parser.add_argument("--size", choices=["full", *SMALL_VIDEO_CONFIGS], default="full",
                         help="U-Net size: full (SVD), small_sim or tiny (video_conf/small_sim.yaml, tiny.yaml)")
     parser.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="same as --size tiny")
@@ -133,6 +155,8 @@ def main() -> None:
         compile_unet_layers(unet, "default")
     elif args.compile:
         model = torch.compile(unet)
+    if args.ddp != "off":
+        model = _one_process_ddp(model, device, gradient_as_bucket_view=args.ddp == "bucket-view")
     if args.bf16_weights:
         model = _BF16Inputs(model)
 
@@ -160,9 +184,12 @@ def main() -> None:
         "step": timing,
         "samples_per_s": args.batch / (timing["median_ms"] / 1000),
         "peak_memory_gib": peak_memory_gib(device),
+        "peak_reserved_gib": peak_reserved_gib(device),
         **profile,
         **syncs,
     })
+    if args.ddp != "off":
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 import json
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -36,6 +38,18 @@ def test_stage1_step_bf16_weights_measurement(monkeypatch, capsys):
         run_harness(stage1_step, ["--tiny", "--device", "cpu", "--bf16-weights", "--precision", "fp16"],
                     monkeypatch, capsys)
     assert "--bf16-weights replaces autocast" in capsys.readouterr().err
+
+
+def test_stage1_step_in_one_process_ddp(monkeypatch, capsys):
+    import torch.distributed as dist
+
+    from benchmarks import stage1_step
+
+    out = run_harness(stage1_step, ["--tiny", "--device", "cpu", "--batch", "1", "--warmup", "0", "--iters", "1",
+                                    "--precision", "fp32", "--checkpointing", "none", "--ddp", "bucket-view"],
+                      monkeypatch, capsys)
+    assert out["settings"]["ddp"] == "bucket-view" and out["step"]["median_ms"] > 0
+    assert not dist.is_initialized()  # the harness leaves no process group behind
 
 
 def test_policy_inference_times_eval_mode_and_reports_cudnn_exactness(monkeypatch, capsys):
@@ -79,6 +93,39 @@ def test_device_timeline_separates_busy_time_from_idle_gaps():
     assert timeline["largest_gaps"][0] == {"us": 200.0, "after": "c", "before": "d", "host": [
         {"name": "python between launches", "us": 202.0}, {"name": "whole call", "us": 250.0}]}
     assert device_timeline([], iters=3) is None
+
+
+def test_random_model_folders_feed_the_stage1_trainer(tmp_path, capsys):
+    """The folders and latent clips the trainer timings start from load through the trainer's own code paths."""
+    from benchmarks import random_model_folders
+    from video_models.training import train
+    from vpp_core.config import load_config
+
+    random_model_folders.main(["--out", str(tmp_path / "w"), "--tiny", "--stage1-clips", "3", "--frames", "17"])
+    made = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tiny = Path(__file__).resolve().parents[2] / "video_conf" / "tiny.yaml"
+    overrides = [f"pretrained_model_path={made['svd']}", f"train_args.clip_model_path={made['clip']}",
+                 f"train_args.dataset_dir={made['stage1_dataset_dir']}", "train_args.dataset=robo",
+                 "train_args.prob=[1.0]", "max_train_steps=1", "train_args.first_validation_step=null",
+                 "validation_steps=100", "save_final_checkpoint=false", "report_to=none", "mixed_precision=no",
+                 f"output_dir={tmp_path / 'runs'}"]
+    result = train(load_config(tiny, overrides))
+    assert result.global_step == 1 and len(result.train_losses) == 1 and np.isfinite(result.train_losses[0])
+
+
+def test_annotated_regions_are_not_counted_as_device_work():
+    """The GPU-side span of an annotated host region (DDP's forward, the optimizer step) covers kernels and gaps
+    alike: it is neither a kernel nor busy time."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.common import is_device_work
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    assert is_device_work(SimpleNamespace(device_type=cuda, is_user_annotation=False))
+    assert not is_device_work(SimpleNamespace(device_type=cuda, is_user_annotation=True))
+    assert not is_device_work(SimpleNamespace(device_type=cpu, is_user_annotation=False))
 
 
 def test_chunk_stages_compose_to_the_eager_chunk():
