@@ -68,9 +68,11 @@ class CheckpointPolicyFactory:
     @property
     def settings(self) -> dict[str, Any]:
         """What changes the policy's behaviour (recorded in eval_config.json; a resume must match)."""
-        return {"overrides": dict(self.overrides), "use_ema": self.use_ema, "dtype": self.dtype,
-                "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compile_mode,
-                "short_query_attention": self.short_query_attention}
+        settings = {"overrides": dict(self.overrides), "use_ema": self.use_ema, "dtype": self.dtype,
+                    "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compile_mode}
+        if self.short_query_attention is not False:  # evaluations from before the setting resume with it off
+            settings["short_query_attention"] = self.short_query_attention
+        return settings
 
     def __call__(self, device: str):
         import torch

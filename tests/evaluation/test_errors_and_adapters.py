@@ -96,6 +96,8 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
     auto("cuda:1")
     assert calls == [("exact", False), ("short_query", "the U-Net"), ("compile", "default")]
     assert auto.settings["compile"] == "auto" and auto.settings["short_query_attention"] == "auto"
+    # recorded only when on, so evaluation folders from before the setting existed still resume
+    assert "short_query_attention" not in CheckpointPolicyFactory("/x").settings
 
 
 def test_compile_setting_is_validated(tmp_path, capsys):
