@@ -49,6 +49,7 @@ from vpp_core.config import ConfigError, compile_setting, resolve_compile_settin
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl, atomic_json_dump
+from vpp_core.memory import peak_memory_record
 from vpp_core.precision import mixed_precision_name, resolve_dtype
 from vpp_core.seeding import seed_everything
 
@@ -604,6 +605,7 @@ class Stage1Trainer:
                             * acc.num_processes
                             / elapsed,
                             "input_wait_frac": batches.take() / elapsed,
+                            **peak_memory_record(acc.device),
                         }
                     )
                     window, steps_in_window, busy = [], 0, 0.0

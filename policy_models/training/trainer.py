@@ -63,6 +63,7 @@ from vpp_core.config import ConfigError, auto_flag, compile_setting, resolve_com
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl
+from vpp_core.memory import peak_memory_record
 from vpp_core.seeding import seed_everything
 
 log = logging.getLogger("vpp.train")
@@ -530,7 +531,7 @@ class Trainer:
                            **{k: float(v) for k, v in zip(logs_sum, vals[1:])},
                            "lr": self.scheduler.get_last_lr()[0], "steps_per_s": n_logged / max(dt, 1e-9),
                            "samples_per_s": n_logged * bs * self.world / max(dt, 1e-9),
-                           "input_wait_frac": batches.take() / max(dt, 1e-9)}
+                           "input_wait_frac": batches.take() / max(dt, 1e-9), **peak_memory_record(self.device)}
                     result.train_losses.append(rec["loss"])
                     if self.is_main:
                         append_jsonl(rec, metrics_path)

@@ -134,6 +134,7 @@ def test_training_writes_checkpoints_samples_and_logs(run_a):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["step"] for r in records if "train_loss" in r} == {1, 2, 3}
     assert all(0.0 <= r["input_wait_frac"] <= 1.0 for r in records if "train_loss" in r)
+    assert not any("peak_memory_gib" in r for r in records)  # logged on CUDA devices only
     assert [r["step"] for r in records if "val_loss" in r] == [3]
     assert result.val_losses[3] == pytest.approx(next(r["val_loss"] for r in records if "val_loss" in r))
 

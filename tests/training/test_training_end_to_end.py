@@ -179,3 +179,5 @@ def test_auto_compile_keys_compile_on_cuda(calvin_root_session, tiny_model_dirs,
           dataset_factory=_data(2))
     assert calls == [("short_query_attention", "cuda"), ("compile_video_model", "default"),
                      ("compile_action_head", "default")]
+    record = json.loads((tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < record["peak_memory_gib"] <= record["peak_reserved_gib"]  # logged on CUDA
