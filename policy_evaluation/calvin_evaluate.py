@@ -173,7 +173,7 @@ def main_evaluate(argv: list[str]) -> int:
         single_task_suite,
     )
     from policy_evaluation.suites import SuiteError, calvin_suite, parse_sim_tasks, sim_suite
-    from vpp_core.config import ConfigError, auto_flag, compile_setting
+    from vpp_core.config import ConfigError, compile_setting, flag_setting
 
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config)
@@ -187,8 +187,7 @@ def main_evaluate(argv: list[str]) -> int:
         shard = parse_shard(args.shard)
         # checked before any env or process starts; "auto" resolves per worker, on its device
         compile_mode = compile_setting(pick("compile"), "compile")
-        short_query = pick("short_query_attention", False)
-        auto_flag(short_query, "short_query_attention", "cpu")
+        short_query = flag_setting(pick("short_query_attention", False), "short_query_attention")
         sim_tasks = parse_sim_tasks(pick("sim_tasks"))
         if env != "sim" and sim_tasks:
             raise EvaluationError("--sim_tasks needs --env sim")

@@ -79,7 +79,7 @@ class CheckpointPolicyFactory:
 
         from policy_models.checkpoints import load_policy
         from video_models.attention_kernels import use_short_query_kernels
-        from vpp_core.config import auto_flag, resolve_compile_setting
+        from vpp_core.config import resolve_compile_setting, resolve_flag
 
         policy = load_policy(
             self.checkpoint_dir,
@@ -92,7 +92,7 @@ class CheckpointPolicyFactory:
         )
         policy.use_fastest_exact_inference(cudnn_benchmark=self.cudnn_benchmark)
         device_type = torch.device(device).type
-        if auto_flag(self.short_query_attention, "short_query_attention", device_type):
+        if resolve_flag(self.short_query_attention, device_type):
             use_short_query_kernels(policy.tvp_encoder.unet)  # before compiling: the graphs trace it
         compile_mode = resolve_compile_setting(self.compile_mode, device_type)
         if compile_mode is not None:

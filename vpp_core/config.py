@@ -49,13 +49,17 @@ def resolve_compile_setting(setting: str | None, device_type: str) -> str | None
     return setting
 
 
-def auto_flag(value: object, key: str, device_type: str) -> bool:
-    """A true / false / "auto" switch (auto: on for CUDA devices); anything else is an error naming `key`."""
-    if value == AUTO:
-        return device_type == "cuda"
-    if isinstance(value, bool):
+def flag_setting(value: object, key: str) -> bool | str:
+    """A true / false / "auto" switch from a config file, checked before anything is built; anything else is an error
+    naming `key`."""
+    if value == AUTO or isinstance(value, bool):
         return value
     raise ConfigError(f"{key} must be true, false or {AUTO}, got {value!r}")
+
+
+def resolve_flag(setting: bool | str, device_type: str) -> bool:
+    """The switch on a device of `device_type`: "auto" is on for CUDA."""
+    return device_type == "cuda" if setting == AUTO else bool(setting)
 
 
 def normalize_overrides(args: Sequence[str]) -> list[str]:

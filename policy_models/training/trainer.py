@@ -59,7 +59,7 @@ from policy_models.training.state import (
     write_pointer,
 )
 from video_models.attention_kernels import use_short_query_kernels
-from vpp_core.config import ConfigError, auto_flag, compile_setting, resolve_compile_setting
+from vpp_core.config import ConfigError, compile_setting, flag_setting, resolve_compile_setting, resolve_flag
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl
@@ -382,8 +382,7 @@ class Trainer:
         # and DiT loss (another 1.1x). Checked first, so a wrong value leaves no run folder behind.
         video_setting = compile_setting(_sel(cfg, "training.compile_video_model", None), "training.compile_video_model")
         head_setting = compile_setting(_sel(cfg, "training.compile_action_head", None), "training.compile_action_head")
-        short_query = _sel(cfg, "training.short_query_attention", False)
-        auto_flag(short_query, "training.short_query_attention", "cuda")
+        short_query = flag_setting(_sel(cfg, "training.short_query_attention", False), "training.short_query_attention")
         self._setup_accelerator()
         video_mode = resolve_compile_setting(video_setting, self.device.type)
         head_mode = resolve_compile_setting(head_setting, self.device.type)
@@ -394,7 +393,7 @@ class Trainer:
         self.policy = self.policy_factory(cfg, self.device)
         self.policy.to(self.device)
         self.policy.train()
-        if auto_flag(short_query, "training.short_query_attention", self.device.type):
+        if resolve_flag(short_query, self.device.type):
             use_short_query_kernels(self.policy.tvp_encoder.unet)  # before compiling: the graphs trace it
         if video_mode:
             self.policy.compile_video_model(video_mode)

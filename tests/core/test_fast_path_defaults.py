@@ -11,7 +11,14 @@ import yaml
 
 from policy_models.training.config import compose_config
 from video_models.training import checkpointing_mode, resolve_train_config
-from vpp_core.config import ConfigError, auto_flag, compile_setting, load_config, resolve_compile_setting
+from vpp_core.config import (
+    ConfigError,
+    compile_setting,
+    flag_setting,
+    load_config,
+    resolve_compile_setting,
+    resolve_flag,
+)
 from vpp_core.ddp import ddp_kwargs_handlers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,10 +36,12 @@ def test_compile_settings_resolve_by_device():
     assert resolve_compile_setting("auto", "cpu") is None
     assert resolve_compile_setting("max-autotune-no-cudagraphs", "cpu") == "max-autotune-no-cudagraphs"
     assert resolve_compile_setting(None, "cuda") is None
-    assert auto_flag("auto", "k", "cuda") is True and auto_flag("auto", "k", "cpu") is False
-    assert auto_flag(True, "k", "cpu") is True and auto_flag(False, "k", "cuda") is False
+    assert resolve_flag(flag_setting("auto", "k"), "cuda") is True
+    assert resolve_flag(flag_setting("auto", "k"), "cpu") is False
+    assert resolve_flag(flag_setting(True, "k"), "cpu") is True
+    assert resolve_flag(flag_setting(False, "k"), "cuda") is False
     with pytest.raises(ConfigError, match="short_query_attention must be true, false or auto"):
-        auto_flag("yes", "short_query_attention", "cuda")
+        flag_setting("yes", "short_query_attention")
     # stage 1: the fastest checkpointing that keeps batch 6 within 40 GiB, compiled or not
     assert checkpointing_mode("auto", compiled=True) == "attentions"
     assert checkpointing_mode("auto", compiled=False) == "layers"
@@ -75,7 +84,7 @@ def test_stage1_full_size_configs_compile_on_cuda(name):
 def test_evaluation_config_compiles_on_cuda():
     cfg = yaml.safe_load((REPO / "policy_conf" / "calvin_evaluate.yaml").read_text())
     assert compile_setting(cfg["compile"], "compile") == "auto"
-    assert auto_flag(cfg["short_query_attention"], "short_query_attention", "cuda") is True
+    assert resolve_flag(flag_setting(cfg["short_query_attention"], "short_query_attention"), "cuda") is True
 
 
 def test_ddp_gradients_are_views_into_the_allreduce_buckets(tmp_path):
