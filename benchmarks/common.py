@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from vpp_core.memory import peak_memory_record
+
 
 def environment() -> dict[str, Any]:
     import diffusers
@@ -63,17 +65,13 @@ def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
 
 
 def peak_memory_gib(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**30
+    return peak_memory_record(device).get("peak_memory_gib")
 
 
 def peak_reserved_gib(device: torch.device) -> float | None:
     """The most memory the caching allocator held (allocated plus its cached free blocks): what a smaller GPU must
     have room for, where `peak_memory_gib` counts only the tensors."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_reserved(device) / 2**30
+    return peak_memory_record(device).get("peak_reserved_gib")
 
 
 def emit(result: dict[str, Any]) -> None:

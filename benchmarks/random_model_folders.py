@@ -26,24 +26,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from video_models.builders import (
-    build_video_model,
-    make_tiny_video_model_folders,
-    save_text_encoder,
-    save_video_model,
-)
+from video_models.builders import build_video_model, make_tiny_video_model_folders, save_model_folders
 
 
 def write_model_folders(out: Path, tiny: bool = False, seed: int = 0) -> tuple[Path, Path]:
     """(svd folder, clip folder) under `out`; `tiny` builds video_conf/tiny.yaml's models instead (for tests)."""
     if tiny:
         return make_tiny_video_model_folders(out, seed=seed, prefix="random")
-    model = build_video_model({}, seed=seed)  # empty config: the full-size SVD U-Net and VAE, CLIP B/32 text tower
-    svd, clip = out / "svd", out / "clip"
-    save_video_model(svd, model.unet, vae=model.vae, scheduler=model.scheduler, image_encoder=model.image_encoder,
-                     feature_extractor=model.feature_extractor)
-    save_text_encoder(clip, model.tokenizer, model.text_encoder)
-    return svd, clip
+    # empty config: the full-size SVD U-Net and VAE, CLIP B/32 text tower
+    return save_model_folders(build_video_model({}, seed=seed), out / "svd", out / "clip")
 
 
 def write_latent_clips(root: Path, clips: int, frames: int, size: int, seed: int = 0,

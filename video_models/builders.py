@@ -272,18 +272,14 @@ def make_tiny_video_model_folders(
         Path(config_path) if config_path else Path(__file__).resolve().parent.parent / "video_conf" / "tiny.yaml"
     )
     cfg = load_config(config_path)
-    model = build_video_model(cfg.model, seed=seed)
-    svd_dir, clip_dir = root / f"{prefix}-svd", root / f"{prefix}-clip"
-    save_video_model(
-        svd_dir,
-        model.unet,
-        vae=model.vae,
-        scheduler=model.scheduler,
-        image_encoder=model.image_encoder,
-        feature_extractor=model.feature_extractor,
-    )
-    save_text_encoder(clip_dir, model.tokenizer, model.text_encoder)
-    return svd_dir, clip_dir
+    return save_model_folders(build_video_model(cfg.model, seed=seed), root / f"{prefix}-svd", root / f"{prefix}-clip")
+
+
+def save_model_folders(model: VideoModel, svd_dir: str | Path, clip_dir: str | Path) -> tuple[Path, Path]:
+    """Save a built video model as the two folders the loaders read: the SVD pipeline folder and the CLIP folder."""
+    svd_dir = save_video_model(svd_dir, model.unet, vae=model.vae, scheduler=model.scheduler,
+                               image_encoder=model.image_encoder, feature_extractor=model.feature_extractor)
+    return svd_dir, save_text_encoder(clip_dir, model.tokenizer, model.text_encoder)
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
