@@ -33,6 +33,7 @@ from benchmarks.common import (
     peak_reserved_gib,
     time_fn,
 )
+from video_models.attention_kernels import use_short_query_kernels
 from video_models.builders import build_unet, count_parameters
 from video_models.checkpointing import CHECKPOINTING_MODES, configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
@@ -88,6 +89,9 @@ def main() -> None:
                         help="with --compile: torch._functorch.config.activation_memory_budget = F (0-1), the share "
                              "of the activations inductor may keep for the backward pass; it recomputes the rest")
     parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
+    parser.add_argument("--short-query-kernels", action="store_true",
+                        help="the memory-efficient attention kernel for queries of at most 64 tokens "
+                             "(video_models.attention_kernels; the policy's short_query_attention)")
     parser.add_argument("--ddp", choices=["off", "bucket-view", "copy"], default="off",
                         help="wrap the U-Net in DistributedDataParallel in a one-process group, to measure what each "
                              "GPU of a multi-GPU run holds: bucket-view = gradients as views into the all-reduce "
@@ -128,6 +132,8 @@ def main() -> None:
     configure_gradient_checkpointing(unet, args.checkpointing)
     if args.channels_last:
         conv2d_channels_last(unet)
+    if args.short_query_kernels:
+        use_short_query_kernels(unet)
     frames = 16  # VPP's clip length; the U-Net config's num_frames (25 for the default) is not used by forward
     text_dim = unet.config.cross_attention_dim
 

@@ -1,12 +1,12 @@
-"""Choose the attention kernel by query length in the SVD U-Net (opt-in).
+"""Choose the attention kernel by query length in the SVD U-Net.
 
 The spatio-temporal U-Net attends over two very different kinds of sequences: spatial attention over up to 32 x 32
 positions per frame, and temporal attention over 16 frames for every position (tens of thousands of short
 sequences at batch 32). torch's default choice on an H100, cuDNN attention, is the fastest kernel for the long
 spatial sequences but not for the short ones: there the memory-efficient kernel took two thirds of cuDNN's time
 (`python benchmarks/attention_backends.py --batch 32`: 58.8 -> 45.2 ms of attention per feature pass with the faster
-kernel per call; docs/PERFORMANCE.md). The kernels compute the same attention with different rounding, so this is an
-opt-in switch, not a default.
+kernel per call; docs/PERFORMANCE.md). The kernels compute the same attention with different rounding, so the
+switch is explicit: the full-size configs turn it on for CUDA ("auto"), the tiny ones and the CPU leave it off.
 """
 
 from __future__ import annotations

@@ -41,11 +41,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from video_dataset.dataset_mix import DatasetMix
+from video_models.attention_kernels import use_short_query_kernels
 from video_models.checkpointing import CHECKPOINTING_MODES, configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
 from video_models.layer_compile import compile_unet_layers
 from video_models.text_conditioning import drop_text_embeddings, encode_text
-from vpp_core.config import ConfigError, compile_setting, resolve_compile_setting, save_config
+from vpp_core.config import (
+    ConfigError,
+    compile_setting,
+    flag_setting,
+    resolve_compile_setting,
+    resolve_flag,
+    save_config,
+)
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl, atomic_json_dump
@@ -83,6 +91,9 @@ DEFAULTS: dict[str, Any] = {
     "gradient_checkpointing": "layers",
     # torch.compile of every U-Net layer: null (eager), auto (default mode on CUDA) or a mode; not bit-identical
     "compile_unet": None,
+    # the memory-efficient attention kernel for queries of at most 64 tokens (video_models.attention_kernels): true,
+    # false or auto (on CUDA); same attention, other rounding
+    "short_query_attention": False,
     "report_to": "wandb",  # wandb | none ; WANDB_MODE defaults to offline
     "train_args": {
         "project_name": "svd_xhand_cleancode",
@@ -195,6 +206,7 @@ def resolve_train_config(cfg: DictConfig | dict) -> DictConfig:
     user["train_args"] = {k: v for k, v in train_args.items() if k not in LEGACY_TRAIN_ARGS}
     merged = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.create(user))
     merged.compile_unet = compile_setting(merged.compile_unet, "compile_unet")
+    merged.short_query_attention = flag_setting(merged.short_query_attention, "short_query_attention")
     checkpointing_mode(merged.gradient_checkpointing, compiled=False)  # checked before anything is built
     missing = [k for k in REQUIRED if OmegaConf.select(merged, k) in (None, "")]
     if missing:
@@ -462,13 +474,16 @@ class Stage1Trainer:
         self.compile_mode = resolve_compile_setting(cfg.compile_unet, acc.device.type)
         self.gradient_checkpointing = checkpointing_mode(cfg.gradient_checkpointing, self.compile_mode is not None)
         configure_gradient_checkpointing(unet, self.gradient_checkpointing)
+        self.short_query_attention = resolve_flag(cfg.short_query_attention, acc.device.type)
+        if self.short_query_attention:
+            use_short_query_kernels(unet)  # before compiling: the compiled layers trace the kernel choice
         if self.compile_mode:
             # layer by layer, inside the checkpointing: the whole-U-Net graph ignored the checkpointing and doubled
             # the memory. Only grad-enabled calls run compiled, so validation and sampling never compile, and the
             # weights and the saved U-Net are the plain module's.
             compile_unet_layers(unet, self.compile_mode)
-        log.info("U-Net: gradient checkpointing %s; torch.compile %s", self.gradient_checkpointing,
-                 self.compile_mode or "off")
+        log.info("U-Net: gradient checkpointing %s; torch.compile %s; short-query attention kernels %s",
+                 self.gradient_checkpointing, self.compile_mode or "off", "on" if self.short_query_attention else "off")
         if acc.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

@@ -46,9 +46,11 @@ def test_stage1_step_in_one_process_ddp(monkeypatch, capsys):
     from benchmarks import stage1_step
 
     out = run_harness(stage1_step, ["--tiny", "--device", "cpu", "--batch", "1", "--warmup", "0", "--iters", "1",
-                                    "--precision", "fp32", "--checkpointing", "none", "--ddp", "bucket-view"],
+                                    "--precision", "fp32", "--checkpointing", "none", "--ddp", "bucket-view",
+                                    "--short-query-kernels"],
                       monkeypatch, capsys)
     assert out["settings"]["ddp"] == "bucket-view" and out["step"]["median_ms"] > 0
+    assert out["settings"]["short_query_kernels"] is True
     assert not dist.is_initialized()  # the harness leaves no process group behind
 
 

@@ -76,6 +76,8 @@ def test_stage1_full_size_configs_compile_on_cuda(name):
     paths = ["pretrained_model_path=svd", "train_args.clip_model_path=clip", "train_args.dataset_dir=d"]
     cfg = resolve_train_config(load_config(REPO / "video_conf" / f"{name}.yaml", paths))
     assert cfg.compile_unet == "auto" and cfg.gradient_checkpointing == "auto" and cfg.train_batch_size == 6
+    assert cfg.short_query_attention == "auto"
+    assert resolve_flag(cfg.short_query_attention, "cuda") and not resolve_flag(cfg.short_query_attention, "cpu")
     mode = resolve_compile_setting(cfg.compile_unet, "cuda")
     assert mode == "default" and checkpointing_mode(cfg.gradient_checkpointing, mode is not None) == "attentions"
     assert resolve_compile_setting(cfg.compile_unet, "cpu") is None

@@ -333,18 +333,44 @@ def test_traced_training_forward_matches_eager(tiny_model_dirs, data_root, tmp_p
         torch.testing.assert_close(traced_grads[name], grad, rtol=0, atol=0, msg=name)
 
 
+def test_short_query_attention_setting(tiny_model_dirs, data_root, tmp_path):
+    """`short_query_attention: true` gives every attention layer of the U-Net the short-query kernel processor;
+    "auto" (the full-size configs) leaves the CPU on diffusers' processor; other values are config errors."""
+    from diffusers.models.attention_processor import Attention
+
+    from video_models.attention_kernels import ShortQueryKernelProcessor
+
+    def processors(trainer: Stage1Trainer) -> set[str]:
+        unet = trainer.accelerator.unwrap_model(trainer.unet)
+        return {type(m.processor).__name__ for m in unet.modules() if isinstance(m, Attention)}
+
+    on = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "on",
+                                                        short_query_attention="true")))
+    assert on.short_query_attention and processors(on) == {ShortQueryKernelProcessor.__name__}
+    loss = on.loss(next(iter(on.train_loader)))
+    on.accelerator.backward(loss)
+    assert torch.isfinite(loss)
+    auto = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "auto",
+                                                          short_query_attention="auto")))
+    assert not auto.short_query_attention and processors(auto) == {"AttnProcessor2_0"}
+    bad = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, short_query_attention="sometimes")
+    with pytest.raises(ConfigError, match="short_query_attention must be true, false or auto"):
+        resolve_train_config(load_config(TINY, bad))
+
+
 @pytest.mark.gpu
 def test_auto_settings_compile_the_layers_on_cuda(tiny_model_dirs, data_root, tmp_path):
-    """The full-size configs' defaults on a GPU: every layer compiled (inductor), the transformers checkpointed, and
-    a training step runs through them (run with `pytest -m gpu tests/stage1`)."""
+    """The full-size configs' defaults on a GPU: every layer compiled (inductor), the transformers checkpointed, the
+    short-query attention kernels, and a training step runs through them (run with `pytest -m gpu tests/stage1`)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from video_models.checkpointing import unet_layers
 
     overrides = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, compile_unet="auto",
-                               gradient_checkpointing="auto", mixed_precision="bf16")
+                               gradient_checkpointing="auto", short_query_attention="auto", mixed_precision="bf16")
     trainer = Stage1Trainer(load_config(TINY, overrides))
     assert trainer.compile_mode == "default" and trainer.gradient_checkpointing == "attentions"
+    assert trainer.short_query_attention
     layers = unet_layers(trainer.accelerator.unwrap_model(trainer.unet))
     assert all(getattr(m.forward, "__vpp_layer_compiled__", False) for m in layers)
     loss = trainer.loss(next(iter(trainer.train_loader)))
