@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,6 +66,20 @@ def _one_process_ddp(model: torch.nn.Module, device: torch.device,
                             world_size=1)
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                    gradient_as_bucket_view=gradient_as_bucket_view)
+
+
+def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
+               params: list[torch.nn.Parameter], scaler: torch.amp.GradScaler) -> None:
+    """One step in step1_train_svd.py's order: loss, backward, gradient clipping at 1.0, optimizer step, then the
+    gradients dropped. Dropping them only at the start of the next step would hold one fp32 copy of them (5.7 GiB at
+    full size) through the next forward pass, which the trainer does not; under DDP their bucket storage stays
+    allocated either way."""
+    scaler.scale(loss_fn()).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def main() -> None:
@@ -166,15 +181,12 @@ def main() -> None:
     if args.bf16_weights:
         model = _BF16Inputs(model)
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         with autocast():
-            loss = video_diffusion_loss(model, latents, text, time_ids, 0.18215, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        scaler.step(optimizer)
-        scaler.update()
+            return video_diffusion_loss(model, latents, text, time_ids, 0.18215, generator=generator)
+
+    def step() -> None:
+        train_step(loss, optimizer, params, scaler)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
