@@ -250,3 +250,24 @@ def test_attention_backends_times_every_attention_call_of_the_unet(monkeypatch, 
         assert row["fastest"] in ("flash", "efficient", "math")
     assert out["ms_per_pass"]["math"] > 0 and "cudnn" not in out["ms_per_pass"]
     assert out["settings"]["timed"] == "forward + backward"
+
+
+def test_unet_flops_counts_by_operator_kind(monkeypatch, capsys):
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks import unet_flops
+
+    linear, conv = torch.nn.Linear(4, 8), torch.nn.Conv2d(2, 3, kernel_size=3, padding=1)
+    q = torch.randn(1, 2, 5, 4)
+
+    def work():
+        linear(torch.randn(3, 4))  # 2 * 3 * 4 * 8
+        conv(torch.randn(1, 2, 6, 6))  # 2 * 36 positions * 3 out * 2 in * 9
+        F.scaled_dot_product_attention(q, q, q)  # QK^T and AV: 2 * (2 * 2 heads * 5 * 5 * 4)
+
+    assert unet_flops.count_by_kind(work) == {"linear": 192.0, "convolution": 3888.0, "attention": 800.0}
+    out = run_harness(unet_flops, ["--tiny", "--pass", "partial", "--batch", "2", "--latent", "8"], monkeypatch, capsys)
+    assert out["settings"]["sample"] == [2, 16, 8, 8, 8]
+    assert set(out["share_by_kind"]) >= {"linear", "convolution", "attention"}
+    assert abs(sum(out["share_by_kind"].values()) - 1) < 1e-9 and out["forward_tflop"] > 0
