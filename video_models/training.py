@@ -420,6 +420,9 @@ class Stage1Trainer:
         mixed_precision = _mixed_precision(cfg.mixed_precision, device_type)
         _allow_new_mixed_precision(mixed_precision)
         self.accelerator = Accelerator(
+            # without a GPU, accelerate treats torchrun's processes as one distributed run only when told cpu=True;
+            # otherwise every process would train alone on all the data
+            cpu=device_type == "cpu",
             mixed_precision=mixed_precision,
             gradient_accumulation_steps=int(cfg.gradient_accumulation_steps),
             log_with="wandb" if wandb_wanted else None,

@@ -95,3 +95,36 @@ def write_video_dataset(root: Path, name: str, episodes: dict[str, list[tuple[in
                 )
             )
     return ds
+
+
+def tiny_overrides(svd: Path, clip: Path, data: Path, out: Path, **extra) -> list[str]:
+    """Command-line overrides of video_conf/tiny.yaml for a few-step run on the tiny models and a test data set."""
+    values = {
+        "pretrained_model_path": svd,
+        "train_args.clip_model_path": clip,
+        "train_args.dataset_dir": data,
+        "train_args.dataset": "robo",
+        "train_args.prob": "[1.0]",
+        "train_args.sequence_length": 4,
+        "train_args.num_frames": 4,
+        "train_args.width": 64,
+        "train_args.height": 64,
+        "train_args.validation_num": 2,
+        "train_args.first_validation_step": "null",
+        "train_args.video_num": 1,
+        "train_args.samples_per_grid": 2,
+        "train_args.num_inference_steps": 2,
+        "train_args.decode_chunk_size": 4,
+        "train_args.log_every": 1,
+        "train_batch_size": 2,
+        "max_train_steps": 3,
+        "checkpointing_steps": 2,
+        "keep_training_states": 2,
+        "validation_steps": 3,
+        "mixed_precision": "no",
+        "learning_rate": 1e-4,
+        "output_dir": out,
+        "report_to": "none",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]

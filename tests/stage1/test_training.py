@@ -13,42 +13,10 @@ from safetensors.torch import load_file
 from video_models.training import EpochSampler, Stage1Trainer, resolve_train_config, train
 from vpp_core.config import ConfigError, load_config
 
-from .helpers import write_latent_dataset, write_video_dataset
+from .helpers import tiny_overrides, write_latent_dataset, write_video_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "video_conf" / "tiny.yaml"
-
-
-def tiny_overrides(svd: Path, clip: Path, data: Path, out: Path, **extra) -> list[str]:
-    values = {
-        "pretrained_model_path": svd,
-        "train_args.clip_model_path": clip,
-        "train_args.dataset_dir": data,
-        "train_args.dataset": "robo",
-        "train_args.prob": "[1.0]",
-        "train_args.sequence_length": 4,
-        "train_args.num_frames": 4,
-        "train_args.width": 64,
-        "train_args.height": 64,
-        "train_args.validation_num": 2,
-        "train_args.first_validation_step": "null",
-        "train_args.video_num": 1,
-        "train_args.samples_per_grid": 2,
-        "train_args.num_inference_steps": 2,
-        "train_args.decode_chunk_size": 4,
-        "train_args.log_every": 1,
-        "train_batch_size": 2,
-        "max_train_steps": 3,
-        "checkpointing_steps": 2,
-        "keep_training_states": 2,
-        "validation_steps": 3,
-        "mixed_precision": "no",
-        "learning_rate": 1e-4,
-        "output_dir": out,
-        "report_to": "none",
-        **extra,
-    }
-    return [f"{k}={v}" for k, v in values.items()]
 
 
 @pytest.fixture(scope="module")

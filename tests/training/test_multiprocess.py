@@ -33,7 +33,6 @@ def _run(root, run_dir, *overrides):
     return [json.loads((Path(run_dir) / f"result_{r}.json").read_text()) for r in (0, 1)]
 
 
-@pytest.mark.slow
 def test_two_processes_validation_and_exact_resume(calvin_root_session, tmp_path):
     common = ["dataloader.batch_size=8", "training.max_steps=7", "training.checkpoint_every_steps=3"]
     full = _run(calvin_root_session, tmp_path / "full", *common)
