@@ -6,6 +6,7 @@
     python benchmarks/stage1_step.py --batch 6 --bf16-weights     # measurement only: what dropping the casts would save
     python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers   # compiled layer by layer
     python benchmarks/stage1_step.py --batch 6 --ddp bucket-view   # the memory a multi-GPU run holds per GPU
+    python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers --ddp bucket-view --no-optimize-ddp
 
 The step is the real training math (video_models.edm.video_diffusion_loss on 16x4x32x32 latents with text tokens
 20x1024 at full size), AdamW (lr 5e-6, wd 0) and gradient clipping 1.0, exactly what step1_train_svd.py runs per batch.
@@ -111,6 +112,10 @@ def main() -> None:
                         help="wrap the U-Net in DistributedDataParallel in a one-process group, to measure what each "
                              "GPU of a multi-GPU run holds: bucket-view = gradients as views into the all-reduce "
                              "buckets (what the trainers ask for), copy = DDP's default, a second copy beside them")
+    parser.add_argument("--no-optimize-ddp", action="store_true",
+                        help="with --compile and --ddp: torch._dynamo.config.optimize_ddp = False. By default dynamo "
+                             "splits every graph compiled under DDP at the all-reduce bucket boundaries (25 MB of "
+                             "parameters), so one compiled layer becomes several graphs")
     parser.add_argument("--size", choices=["full", *SMALL_VIDEO_CONFIGS], default="full",
                         help="U-Net size: full (SVD), small_sim or tiny (video_conf/small_sim.yaml, tiny.yaml)")
     parser.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="same as --size tiny")
@@ -123,6 +128,10 @@ def main() -> None:
         parser.error("--bf16-weights replaces autocast; use it without --precision fp16")
     if args.compile_scope != "unet" and not args.compile:
         parser.error("--compile-scope needs --compile")
+    if args.no_optimize_ddp:
+        if not args.compile or args.ddp == "off":
+            parser.error("--no-optimize-ddp needs --compile and --ddp")
+        torch._dynamo.config.optimize_ddp = False
     if args.compile_memory_budget is not None:
         if not args.compile:
             parser.error("--compile-memory-budget needs --compile")

@@ -187,11 +187,12 @@ def test_policy_inference_components_and_autocast_experiment(monkeypatch, capsys
     assert 0 < out["exactness"]["max_abs_diff_vs_eager_same_generator"] < 1
 
 
-def test_stage1_compile_memory_budget_is_validated(monkeypatch, capsys):
+def test_stage1_compile_settings_are_validated(monkeypatch, capsys):
     from benchmarks import stage1_step
 
     for argv, message in ((["--compile-memory-budget", "0.5"], "needs --compile"),
-                          (["--compile", "--compile-memory-budget", "2"], "must be in [0, 1]")):
+                          (["--compile", "--compile-memory-budget", "2"], "must be in [0, 1]"),
+                          (["--compile", "--no-optimize-ddp"], "--no-optimize-ddp needs --compile and --ddp")):
         with pytest.raises(SystemExit):
             run_harness(stage1_step, ["--tiny", "--device", "cpu", *argv], monkeypatch, capsys)
         assert message in capsys.readouterr().err

@@ -98,3 +98,40 @@ def test_layers_compile_with_inductor_on_cpu(counting_compile):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-5)
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("optimize_ddp", [True, False])
+def test_dynamo_splits_compiled_layers_under_ddp(optimize_ddp, monkeypatch, tmp_path):
+    """Why `stage1_step.py --no-optimize-ddp` exists: under DistributedDataParallel, dynamo's default
+    (`optimize_ddp`) cuts every compiled layer into one graph per all-reduce bucket of its parameters, so the layers
+    lose fusion across the cuts. Here the layers are widened and the buckets shrunk to 1 MB so that the tiny U-Net's
+    layers are cut too (at full size, the 25 MB default cut the layers of one forward pass into 85 graphs instead
+    of 18)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: real_compile(fn, backend=counting_backend, **kw))
+    torch.manual_seed(0)
+    cfg = load_config("video_conf/tiny.yaml").model.unet
+    unet = build_unet({**cfg, "block_out_channels": [128, 128, 128, 128]}).train()
+    compile_unet_layers(unet, "default")
+    layers = unet_layers(unet)
+    torch._dynamo.reset()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        with torch._dynamo.config.patch(optimize_ddp=optimize_ddp):
+            _loss(DistributedDataParallel(unet, bucket_cap_mb=1))
+    finally:
+        dist.destroy_process_group()
+        torch._dynamo.reset()
+    if optimize_ddp:
+        assert len(graphs) > len(layers)  # more graphs than layers: layers were cut
+    else:
+        assert len({type(layer) for layer in layers}) <= len(graphs) <= len(layers)  # at most one graph per layer
