@@ -4,15 +4,13 @@ folder, losses reduced over both ranks, a checkpoint with every rank's random st
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from tests.torchrun_helpers import run_torchrun
 
 from .helpers import write_latent_dataset
 
@@ -21,18 +19,7 @@ UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 
 def _run_two_processes(svd: Path, clip: Path, data: Path, out: Path, *pairs: str) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
-           str(svd), str(clip), str(data), str(out), *pairs]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # own process group: a timeout ends the workers too
-    try:
-        stdout, stderr = proc.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail("torchrun timed out:\n" + stdout[-2000:] + stderr[-2000:])
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    run_torchrun(SCRIPT, [str(svd), str(clip), str(data), str(out), *pairs])
     return [json.loads((out / f"result_{rank}.json").read_text()) for rank in (0, 1)]
 
 

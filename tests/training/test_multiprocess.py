@@ -4,32 +4,18 @@ resuming a 2-process run is exact."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
+
+from tests.torchrun_helpers import run_torchrun
 
 SCRIPT = Path(__file__).resolve().parent / "ddp_train_script.py"
 
 
 def _run(root, run_dir, *overrides):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(SCRIPT), str(root), str(run_dir), *overrides]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # own process group: a timeout ends the workers too
-    try:
-        out, err = proc.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail("torchrun timed out:\n" + out[-2000:] + err[-2000:])
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    run_torchrun(SCRIPT, [str(root), str(run_dir), *overrides])
     return [json.loads((Path(run_dir) / f"result_{r}.json").read_text()) for r in (0, 1)]
 
 
