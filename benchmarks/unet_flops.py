@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import SMALL_VIDEO_CONFIGS, emit, environment
 from video_models.builders import build_video_model, count_parameters
+from video_models.edm import micro_conditioning
 
 # aten operator name -> the kind of work it is; under the math attention kernel, batched matrix products are
 # attention's (the U-Net's linear layers run as addmm / mm)
@@ -64,9 +65,10 @@ def main() -> None:
     channels = unet.config.in_channels
     sample = torch.randn(args.batch, args.frames, channels, args.latent, args.latent, generator=generator)
     text = torch.randn(args.batch, 20, unet.config.cross_attention_dim, generator=generator)
-    time_ids = torch.tensor([[4.0, 127.0, 0.0]]).repeat(args.batch, 1)
     timestep = torch.tensor([1.0])
     if args.unet_pass == "full":
+        time_ids = micro_conditioning(args.batch, 7, 127, 0.0, "cpu", torch.float32)  # as step1_train_svd.py
+
         def forward():
             return unet(sample, timestep, encoder_hidden_states=text, added_time_ids=time_ids).sample
     else:
@@ -74,6 +76,7 @@ def main() -> None:
 
         encoder = TVPEncoder(unet, model.vae, model.scheduler, model.text_encoder, model.tokenizer,
                              num_frames=args.frames)
+        time_ids = encoder.added_time_ids(args.batch)
 
         def forward():
             return encoder.partial_unet(sample, timestep, text, time_ids)

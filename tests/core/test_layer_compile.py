@@ -10,10 +10,10 @@ from video_models.layer_compile import compile_unet_layers
 from vpp_core.config import load_config
 
 
-def _tiny_unet() -> torch.nn.Module:
+def _tiny_unet(width: int = 32) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = load_config("video_conf/tiny.yaml").model.unet
-    return build_unet({**cfg, "block_out_channels": [32, 32, 32, 32]}).train()
+    return build_unet({**cfg, "block_out_channels": [width] * 4}).train()
 
 
 def _loss(unet: torch.nn.Module) -> torch.Tensor:
@@ -118,9 +118,7 @@ def test_dynamo_splits_compiled_layers_under_ddp(optimize_ddp, monkeypatch, tmp_
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: real_compile(fn, backend=counting_backend, **kw))
-    torch.manual_seed(0)
-    cfg = load_config("video_conf/tiny.yaml").model.unet
-    unet = build_unet({**cfg, "block_out_channels": [128, 128, 128, 128]}).train()
+    unet = _tiny_unet(width=128)
     compile_unet_layers(unet, "default")
     layers = unet_layers(unet)
     torch._dynamo.reset()
