@@ -6,7 +6,8 @@
     python benchmarks/stage1_step.py --batch 6 --bf16-weights     # measurement only: what dropping the casts would save
     python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers   # compiled layer by layer
     python benchmarks/stage1_step.py --batch 6 --ddp bucket-view   # the memory a multi-GPU run holds per GPU
-    python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers --ddp bucket-view --no-optimize-ddp
+    python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers --ddp bucket-view --ddp-graph-cuts
+    python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers --inductor-cpp-wrapper  # as trained
 
 The step is the real training math (video_models.edm.video_diffusion_loss on 16x4x32x32 latents with text tokens
 20x1024 at full size), AdamW (lr 5e-6, wd 0) and gradient clipping 1.0, exactly what step1_train_svd.py runs per batch.
@@ -39,7 +40,7 @@ from video_models.attention_kernels import use_short_query_kernels
 from video_models.builders import build_unet, count_parameters
 from video_models.checkpointing import CHECKPOINTING_MODES, configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
-from video_models.layer_compile import compile_unet_layers
+from video_models.layer_compile import compile_settings, compile_unet_layers
 
 
 class _BF16Inputs(torch.nn.Module):
@@ -104,6 +105,10 @@ def main() -> None:
     parser.add_argument("--compile-memory-budget", type=float, default=None, metavar="F",
                         help="with --compile: torch._functorch.config.activation_memory_budget = F (0-1), the share "
                              "of the activations inductor may keep for the backward pass; it recomputes the rest")
+    parser.add_argument("--inductor-cpp-wrapper", action="store_true",
+                        help="with --compile: inductor's cpp_wrapper, so each compiled graph launches its kernels "
+                             "from generated C++ instead of Python (same kernels, less host time; the trainer's "
+                             "compile_cpp_wrapper)")
     parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
     parser.add_argument("--short-query-kernels", action="store_true",
                         help="the memory-efficient attention kernel for queries of at most 64 tokens "
@@ -112,10 +117,11 @@ def main() -> None:
                         help="wrap the U-Net in DistributedDataParallel in a one-process group, to measure what each "
                              "GPU of a multi-GPU run holds: bucket-view = gradients as views into the all-reduce "
                              "buckets (what the trainers ask for), copy = DDP's default, a second copy beside them")
-    parser.add_argument("--no-optimize-ddp", action="store_true",
-                        help="with --compile and --ddp: torch._dynamo.config.optimize_ddp = False. By default dynamo "
-                             "splits every graph compiled under DDP at the all-reduce bucket boundaries (25 MB of "
-                             "parameters), so one compiled layer becomes several graphs")
+    parser.add_argument("--ddp-graph-cuts", action="store_true",
+                        help="with --compile-scope layers and --ddp: keep dynamo's default (optimize_ddp), which cuts "
+                             "every graph compiled under DDP at the all-reduce bucket boundaries (25 MB of "
+                             "parameters), so one compiled layer becomes several graphs. The trainer switches the "
+                             "cuts off")
     parser.add_argument("--size", choices=["full", *SMALL_VIDEO_CONFIGS], default="full",
                         help="U-Net size: full (SVD), small_sim or tiny (video_conf/small_sim.yaml, tiny.yaml)")
     parser.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="same as --size tiny")
@@ -128,10 +134,10 @@ def main() -> None:
         parser.error("--bf16-weights replaces autocast; use it without --precision fp16")
     if args.compile_scope != "unet" and not args.compile:
         parser.error("--compile-scope needs --compile")
-    if args.no_optimize_ddp:
-        if not args.compile or args.ddp == "off":
-            parser.error("--no-optimize-ddp needs --compile and --ddp")
-        torch._dynamo.config.optimize_ddp = False
+    if args.ddp_graph_cuts and (args.compile_scope != "layers" or args.ddp == "off"):
+        parser.error("--ddp-graph-cuts needs --compile --compile-scope layers and --ddp")
+    if args.inductor_cpp_wrapper and not args.compile:
+        parser.error("--inductor-cpp-wrapper needs --compile")
     if args.compile_memory_budget is not None:
         if not args.compile:
             parser.error("--compile-memory-budget needs --compile")
@@ -182,9 +188,9 @@ def main() -> None:
 
     model = unet
     if args.compile and args.compile_scope == "layers":
-        compile_unet_layers(unet, "default")
+        compile_unet_layers(unet, "default", cpp_wrapper=args.inductor_cpp_wrapper, ddp_graph_cuts=args.ddp_graph_cuts)
     elif args.compile:
-        model = torch.compile(unet)
+        model = torch.compile(unet, **compile_settings("default", args.inductor_cpp_wrapper))
     if args.ddp != "off":
         model = _one_process_ddp(model, device, gradient_as_bucket_view=args.ddp == "bucket-view")
     if args.bf16_weights:

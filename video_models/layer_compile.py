@@ -5,6 +5,21 @@ ignores the layer checkpointing: at batch 6 the compiled step needed 59 GiB agai
 Compiling each ResNet and transformer on its own, inside its checkpointing wrapper, keeps one saved tensor per layer
 as in eager mode while the kernels inside each layer are fused. Layers of the same shape share one compiled graph, so
 it also compiles faster: about 5 minutes on an H100 machine against 9 for the whole U-Net.
+
+Under DistributedDataParallel (`accelerate launch` on several GPUs), dynamo by default (`optimize_ddp`) cuts every
+graph it compiles at the boundaries of DDP's 25 MB all-reduce buckets, so that each bucket's all-reduce can start
+before the graph's backward pass ends. The U-Net's larger layers span several buckets and lose their fusion across
+the cuts: on one H100, in a one-process DDP group, the default stage-1 step took 595 ms with the cuts and 449 ms
+without (docs/PERFORMANCE.md, session 12). Compiled one layer at a time, the gradients already become ready layer by
+layer, so the all-reduces overlap the backward pass without the cuts; `compile_unet_layers` therefore turns them off.
+Dynamo reads the setting when it compiles, inside the first calls, and a scoped switch around every layer call cost
+10-220 µs of host time per call, so it is switched off for the whole process; the stage-1 trainer compiles nothing
+else.
+
+The step launches about 10,000 kernels, and with inductor's Python wrappers the host could take longer to launch
+them than the GPU to run them (host 382-451 ms against 383-390 ms of kernels per step on the H100). `cpp_wrapper`
+launches each compiled layer's kernels from generated C++ instead: the same kernels, so the same numbers, and the step
+became bound by GPU work (host 364 ms; under one-process DDP 415 against 462 ms a step).
 """
 
 from __future__ import annotations
@@ -18,25 +33,42 @@ def _is_layer_compiled(forward) -> bool:
     return getattr(forward, "__vpp_layer_compiled__", False)
 
 
-def compile_unet_layers(unet: torch.nn.Module, mode: str) -> int:
+def compile_settings(mode: str, cpp_wrapper: bool = False) -> dict:
+    """`torch.compile` keyword arguments for inductor mode `mode`, with the C++ kernel-launch wrapper if asked. The
+    wrapper goes in as an inductor option, which torch.compile does not take together with `mode`, so the mode's own
+    options are spelled out instead; it then applies to these graphs alone (forward and backward), not to the
+    process."""
+    if not cpp_wrapper:
+        return {"mode": mode}
+    from torch._inductor import list_mode_options
+
+    return {"options": {**list_mode_options(mode), "cpp_wrapper": True}}
+
+
+def compile_unet_layers(unet: torch.nn.Module, mode: str, cpp_wrapper: bool = False,
+                        ddp_graph_cuts: bool = False) -> int:
     """Compile every ResNet and transformer of every down/mid/up block with `torch.compile(mode=mode)`.
 
     A layer that is wrapped in layer checkpointing stays wrapped, with the compiled forward inside, so the backward
     pass recomputes the compiled forward. Only calls with gradients enabled go through the compiled layers:
     validation and sample generation (no grad, other shapes) run the eager layers and never compile. Shapes are
     static (`dynamic=False`): layers with other channel counts get graphs of their own instead of one
-    dynamic-shape graph for all. Returns the number of compiled layers. Idempotent.
+    dynamic-shape graph for all. `cpp_wrapper`: see `compile_settings`. Unless `ddp_graph_cuts` (for measurements),
+    dynamo's cutting of compiled graphs at DDP's bucket boundaries is switched off for the process (see the module
+    docstring). Returns the number of compiled layers. Idempotent.
     """
     layers = unet_layers(unet)
     # one frame cache per layer class holds a graph for every distinct layer shape; the default limit (8) would
     # silently send the rest back to eager mode
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(layers))
+    if not ddp_graph_cuts:
+        torch._dynamo.config.optimize_ddp = False
     for layer in layers:
         if _is_layer_compiled(layer.forward):
             continue
         wrapped = is_checkpointed(layer.forward)
         eager = layer.forward.__wrapped__ if wrapped else layer.forward
-        compiled = torch.compile(eager, mode=mode, dynamic=False)
+        compiled = torch.compile(eager, dynamic=False, **compile_settings(mode, cpp_wrapper))
         train_forward = checkpointed(compiled) if wrapped else compiled
         layer.forward = _grad_dispatch(train_forward, eager)
     return len(layers)

@@ -6,7 +6,7 @@ import torch
 from video_models.builders import build_unet
 from video_models.checkpointing import configure_gradient_checkpointing, unet_layers
 from video_models.edm import micro_conditioning, video_diffusion_loss
-from video_models.layer_compile import compile_unet_layers
+from video_models.layer_compile import compile_settings, compile_unet_layers
 from vpp_core.config import load_config
 
 
@@ -38,7 +38,9 @@ def counting_compile(monkeypatch):
     def use(backend: str):
         def fake_compile(fn, **settings):
             record["settings"].append(settings)
-            compiled = real_compile(fn, **{**settings, "backend": backend, "mode": None})
+            # inductor options (the C++ wrapper) reach inductor; the eager backend has none
+            passed = {k: v for k, v in settings.items() if backend == "inductor" or k != "options"}
+            compiled = real_compile(fn, **{**passed, "backend": backend, "mode": None})
 
             def counted(*args, **kwargs):
                 record["calls"] += 1
@@ -80,11 +82,31 @@ def test_layers_compile_inside_the_checkpointing_and_match_eager(counting_compil
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=0, msg=name)
 
 
+def test_cpp_wrapper_is_an_inductor_option_of_each_layer(counting_compile):
+    """The C++ kernel-launch wrapper goes to each layer's compile as an inductor option, beside the mode's own
+    options (torch.compile takes a mode or options, not both), so it does not change inductor's settings for the
+    rest of the process."""
+    assert compile_settings("default") == {"mode": "default"}
+    assert compile_settings("default", cpp_wrapper=True) == {"options": {"cpp_wrapper": True}}
+    autotune = compile_settings("max-autotune-no-cudagraphs", cpp_wrapper=True)["options"]
+    assert autotune["cpp_wrapper"] and autotune["max_autotune"]
+    record = counting_compile("eager")
+    unet = _tiny_unet()
+    layers = unet_layers(unet)
+    compile_unet_layers(unet, "default", cpp_wrapper=True)
+    assert record["settings"] == [{"options": {"cpp_wrapper": True}, "dynamic": False}] * len(layers)
+    from torch._inductor import config as inductor_config
+
+    assert inductor_config.cpp_wrapper is False
+
+
 @pytest.mark.slow
-def test_layers_compile_with_inductor_on_cpu(counting_compile):
+@pytest.mark.parametrize("cpp_wrapper", [False, True])
+def test_layers_compile_with_inductor_on_cpu(counting_compile, cpp_wrapper):
     """The real code generator (inductor) for every layer shape of the tiny U-Net, fused forward and backward,
-    recomputed inside the checkpointing: gradients close to eager's (not bit-identical: fused kernels reorder sums).
-    Slow: about 5 minutes of code generation on a 2-core CPU with a cold inductor cache (15 s warm)."""
+    recomputed inside the checkpointing, with Python or C++ kernel-launch wrappers: gradients close to eager's (not
+    bit-identical: fused kernels reorder sums). Slow: about 5 minutes of code generation on a 2-core CPU with a cold
+    inductor cache (15 s warm)."""
     reference = _tiny_unet()
     configure_gradient_checkpointing(reference, "layers")
     ref_loss, ref_grads = _grads(reference)
@@ -92,7 +114,7 @@ def test_layers_compile_with_inductor_on_cpu(counting_compile):
     record = counting_compile("inductor")
     unet = _tiny_unet()
     configure_gradient_checkpointing(unet, "layers")
-    compile_unet_layers(unet, "default")
+    compile_unet_layers(unet, "default", cpp_wrapper=cpp_wrapper)
     loss, grads = _grads(unet)
     assert record["calls"] == 2 * len(unet_layers(unet))
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-5)
@@ -100,13 +122,13 @@ def test_layers_compile_with_inductor_on_cpu(counting_compile):
         torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("optimize_ddp", [True, False])
-def test_dynamo_splits_compiled_layers_under_ddp(optimize_ddp, monkeypatch, tmp_path):
-    """Why `stage1_step.py --no-optimize-ddp` exists: under DistributedDataParallel, dynamo's default
-    (`optimize_ddp`) cuts every compiled layer into one graph per all-reduce bucket of its parameters, so the layers
-    lose fusion across the cuts. Here the layers are widened and the buckets shrunk to 1 MB so that the tiny U-Net's
-    layers are cut too (at full size, the 25 MB default cut the layers of one forward pass into 85 graphs instead
-    of 18)."""
+@pytest.mark.parametrize("ddp_graph_cuts", [True, False])
+def test_compiled_layers_are_not_cut_under_ddp(ddp_graph_cuts, monkeypatch, tmp_path):
+    """Under DistributedDataParallel, dynamo's default (`optimize_ddp`) cuts every compiled layer into one graph
+    per all-reduce bucket of its parameters, so the layers lose fusion across the cuts (at full size, the 25 MB
+    buckets cut the layers of one forward pass into 85 graphs instead of 18; the step took 595 instead of 449 ms).
+    `compile_unet_layers` switches the cuts off; `ddp_graph_cuts=True` keeps them for measurements. Here the layers
+    are widened and the buckets shrunk to 1 MB so that the tiny U-Net's layers would be cut too."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -119,17 +141,18 @@ def test_dynamo_splits_compiled_layers_under_ddp(optimize_ddp, monkeypatch, tmp_
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: real_compile(fn, backend=counting_backend, **kw))
     unet = _tiny_unet(width=128)
-    compile_unet_layers(unet, "default")
-    layers = unet_layers(unet)
-    torch._dynamo.reset()
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        with torch._dynamo.config.patch(optimize_ddp=optimize_ddp):
-            _loss(DistributedDataParallel(unet, bucket_cap_mb=1))
-    finally:
-        dist.destroy_process_group()
+    with torch._dynamo.config.patch(optimize_ddp=True):  # torch's default; restored afterwards
+        compile_unet_layers(unet, "default", ddp_graph_cuts=ddp_graph_cuts)
+        assert torch._dynamo.config.optimize_ddp is ddp_graph_cuts
+        layers = unet_layers(unet)
         torch._dynamo.reset()
-    if optimize_ddp:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+        try:
+            _loss(DistributedDataParallel(unet, bucket_cap_mb=1))
+        finally:
+            dist.destroy_process_group()
+            torch._dynamo.reset()
+    if ddp_graph_cuts:
         assert len(graphs) > len(layers)  # more graphs than layers: layers were cut
     else:
         assert len({type(layer) for layer in layers}) <= len(graphs) <= len(layers)  # at most one graph per layer

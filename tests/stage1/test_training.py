@@ -276,6 +276,32 @@ def test_compile_unet_compiles_each_layer_for_training_only(tiny_model_dirs, dat
         resolve_train_config(load_config(TINY, bad))
 
 
+def test_compile_cpp_wrapper_setting(tiny_model_dirs, data_root, tmp_path, monkeypatch):
+    """`compile_cpp_wrapper: true` compiles every layer with inductor's C++ wrapper; "auto" (the full-size configs)
+    stays off on the CPU; asking for it without compile_unet, or with another value, is a config error."""
+    settings = []
+
+    def recording_compile(fn, **kwargs):  # stands in for torch.compile
+        settings.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    on = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "on",
+                                                        compile_unet="default", compile_cpp_wrapper="true")))
+    assert on.compile_cpp_wrapper and settings
+    assert all(s == {"options": {"cpp_wrapper": True}, "dynamic": False} for s in settings)
+    settings.clear()
+    auto = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "auto",
+                                                          compile_unet="default", compile_cpp_wrapper="auto")))
+    assert not auto.compile_cpp_wrapper and settings
+    assert all(s == {"mode": "default", "dynamic": False} for s in settings)
+    for value, message in (("true", "compile_cpp_wrapper=true needs compile_unet"),
+                           ("often", "compile_cpp_wrapper must be true, false or auto")):
+        bad = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, compile_cpp_wrapper=value)
+        with pytest.raises(ConfigError, match=message):
+            resolve_train_config(load_config(TINY, bad))
+
+
 def test_traced_training_forward_matches_eager(tiny_model_dirs, data_root, tmp_path, monkeypatch):
     """The training forward goes through real torch.compile wrappers: dynamo traces every diffusers layer inside
     the trainer. The backend is dynamo's "eager" (inductor's code generation is tested in tests/core/
@@ -328,17 +354,19 @@ def test_short_query_attention_setting(tiny_model_dirs, data_root, tmp_path):
 
 @pytest.mark.gpu
 def test_auto_settings_compile_the_layers_on_cuda(tiny_model_dirs, data_root, tmp_path):
-    """The full-size configs' defaults on a GPU: every layer compiled (inductor), the transformers checkpointed, the
-    short-query attention kernels, and a training step runs through them (run with `pytest -m gpu tests/stage1`)."""
+    """The full-size configs' defaults on a GPU: every layer compiled (inductor, C++ wrappers), the transformers
+    checkpointed, the short-query attention kernels, and a training step runs through them (run with
+    `pytest -m gpu tests/stage1`)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from video_models.checkpointing import unet_layers
 
     overrides = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, compile_unet="auto",
-                               gradient_checkpointing="auto", short_query_attention="auto", mixed_precision="bf16")
+                               gradient_checkpointing="auto", short_query_attention="auto",
+                               compile_cpp_wrapper="auto", mixed_precision="bf16")
     trainer = Stage1Trainer(load_config(TINY, overrides))
     assert trainer.compile_mode == "default" and trainer.gradient_checkpointing == "attentions"
-    assert trainer.short_query_attention
+    assert trainer.short_query_attention and trainer.compile_cpp_wrapper
     layers = unet_layers(trainer.accelerator.unwrap_model(trainer.unet))
     assert all(getattr(m.forward, "__vpp_layer_compiled__", False) for m in layers)
     loss = trainer.loss(next(iter(trainer.train_loader)))
