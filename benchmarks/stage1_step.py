@@ -7,7 +7,7 @@
     python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers   # compiled layer by layer
     python benchmarks/stage1_step.py --batch 6 --ddp bucket-view   # the memory a multi-GPU run holds per GPU
     python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers --ddp bucket-view --ddp-graph-cuts
-    python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers --inductor-cpp-wrapper  # as trained
+    python benchmarks/stage1_step.py --batch 6 --compile --compile-scope layers --inductor-cpp-wrapper  # less host time
 
 The step is the real training math (video_models.edm.video_diffusion_loss on 16x4x32x32 latents with text tokens
 20x1024 at full size), AdamW (lr 5e-6, wd 0) and gradient clipping 1.0, exactly what step1_train_svd.py runs per batch.
@@ -40,7 +40,7 @@ from video_models.attention_kernels import use_short_query_kernels
 from video_models.builders import build_unet, count_parameters
 from video_models.checkpointing import CHECKPOINTING_MODES, configure_gradient_checkpointing
 from video_models.edm import micro_conditioning, video_diffusion_loss
-from video_models.layer_compile import compile_settings, compile_unet_layers
+from video_models.layer_compile import compile_unet_layers
 
 
 class _BF16Inputs(torch.nn.Module):
@@ -106,9 +106,9 @@ def main() -> None:
                         help="with --compile: torch._functorch.config.activation_memory_budget = F (0-1), the share "
                              "of the activations inductor may keep for the backward pass; it recomputes the rest")
     parser.add_argument("--inductor-cpp-wrapper", action="store_true",
-                        help="with --compile: inductor's cpp_wrapper, so each compiled graph launches its kernels "
-                             "from generated C++ instead of Python (same kernels, less host time; the trainer's "
-                             "compile_cpp_wrapper)")
+                        help="with --compile-scope layers: inductor's cpp_wrapper, so each compiled layer launches "
+                             "its kernels from generated C++ instead of Python (same kernels, less host time; the "
+                             "trainer's compile_cpp_wrapper)")
     parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
     parser.add_argument("--short-query-kernels", action="store_true",
                         help="the memory-efficient attention kernel for queries of at most 64 tokens "
@@ -136,8 +136,8 @@ def main() -> None:
         parser.error("--compile-scope needs --compile")
     if args.ddp_graph_cuts and (args.compile_scope != "layers" or args.ddp == "off"):
         parser.error("--ddp-graph-cuts needs --compile --compile-scope layers and --ddp")
-    if args.inductor_cpp_wrapper and not args.compile:
-        parser.error("--inductor-cpp-wrapper needs --compile")
+    if args.inductor_cpp_wrapper and args.compile_scope != "layers":
+        parser.error("--inductor-cpp-wrapper needs --compile --compile-scope layers")
     if args.compile_memory_budget is not None:
         if not args.compile:
             parser.error("--compile-memory-budget needs --compile")
@@ -190,7 +190,7 @@ def main() -> None:
     if args.compile and args.compile_scope == "layers":
         compile_unet_layers(unet, "default", cpp_wrapper=args.inductor_cpp_wrapper, ddp_graph_cuts=args.ddp_graph_cuts)
     elif args.compile:
-        model = torch.compile(unet, **compile_settings("default", args.inductor_cpp_wrapper))
+        model = torch.compile(unet)
     if args.ddp != "off":
         model = _one_process_ddp(model, device, gradient_as_bucket_view=args.ddp == "bucket-view")
     if args.bf16_weights:

@@ -18,8 +18,11 @@ else.
 
 The step launches about 10,000 kernels, and with inductor's Python wrappers the host could take longer to launch
 them than the GPU to run them (host 382-451 ms against 383-390 ms of kernels per step on the H100). `cpp_wrapper`
-launches each compiled layer's kernels from generated C++ instead: the same kernels, so the same numbers, and the step
-became bound by GPU work (host 364 ms; under one-process DDP 415 against 462 ms a step).
+launches the compiled layers' kernels from generated C++ instead: the same kernels, so the same numbers. In the
+benchmark step the host then took 364 ms, and under one-process DDP the step took 415 against 462 ms. It is opt-in
+(the trainer's `compile_cpp_wrapper`) and switched on for the whole process: given to torch.compile as a per-graph
+inductor option, it broke the lazily compiled backward graphs of the trainer's GPU test ("CudaKernelParamCache not
+populated"), and the process-wide switch has been measured in the benchmark only.
 """
 
 from __future__ import annotations
@@ -33,18 +36,6 @@ def _is_layer_compiled(forward) -> bool:
     return getattr(forward, "__vpp_layer_compiled__", False)
 
 
-def compile_settings(mode: str, cpp_wrapper: bool = False) -> dict:
-    """`torch.compile` keyword arguments for inductor mode `mode`, with the C++ kernel-launch wrapper if asked. The
-    wrapper goes in as an inductor option, which torch.compile does not take together with `mode`, so the mode's own
-    options are spelled out instead; it then applies to these graphs alone (forward and backward), not to the
-    process."""
-    if not cpp_wrapper:
-        return {"mode": mode}
-    from torch._inductor import list_mode_options
-
-    return {"options": {**list_mode_options(mode), "cpp_wrapper": True}}
-
-
 def compile_unet_layers(unet: torch.nn.Module, mode: str, cpp_wrapper: bool = False,
                         ddp_graph_cuts: bool = False) -> int:
     """Compile every ResNet and transformer of every down/mid/up block with `torch.compile(mode=mode)`.
@@ -53,9 +44,10 @@ def compile_unet_layers(unet: torch.nn.Module, mode: str, cpp_wrapper: bool = Fa
     pass recomputes the compiled forward. Only calls with gradients enabled go through the compiled layers:
     validation and sample generation (no grad, other shapes) run the eager layers and never compile. Shapes are
     static (`dynamic=False`): layers with other channel counts get graphs of their own instead of one
-    dynamic-shape graph for all. `cpp_wrapper`: see `compile_settings`. Unless `ddp_graph_cuts` (for measurements),
-    dynamo's cutting of compiled graphs at DDP's bucket boundaries is switched off for the process (see the module
-    docstring). Returns the number of compiled layers. Idempotent.
+    dynamic-shape graph for all. `cpp_wrapper` switches inductor's C++ kernel-launch wrapper on for the process.
+    Unless `ddp_graph_cuts` (for measurements), dynamo's cutting of compiled graphs at DDP's bucket boundaries is
+    switched off for the process. See the module docstring for both. Returns the number of compiled layers.
+    Idempotent.
     """
     layers = unet_layers(unet)
     # one frame cache per layer class holds a graph for every distinct layer shape; the default limit (8) would
@@ -63,12 +55,16 @@ def compile_unet_layers(unet: torch.nn.Module, mode: str, cpp_wrapper: bool = Fa
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(layers))
     if not ddp_graph_cuts:
         torch._dynamo.config.optimize_ddp = False
+    if cpp_wrapper:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.cpp_wrapper = True
     for layer in layers:
         if _is_layer_compiled(layer.forward):
             continue
         wrapped = is_checkpointed(layer.forward)
         eager = layer.forward.__wrapped__ if wrapped else layer.forward
-        compiled = torch.compile(eager, dynamic=False, **compile_settings(mode, cpp_wrapper))
+        compiled = torch.compile(eager, mode=mode, dynamic=False)
         train_forward = checkpointed(compiled) if wrapped else compiled
         layer.forward = _grad_dispatch(train_forward, eager)
     return len(layers)

@@ -191,7 +191,8 @@ def test_stage1_compile_settings_are_validated(monkeypatch, capsys):
     from benchmarks import stage1_step
 
     for argv, message in ((["--compile-memory-budget", "0.5"], "needs --compile"),
-                          (["--inductor-cpp-wrapper"], "--inductor-cpp-wrapper needs --compile"),
+                          (["--compile", "--inductor-cpp-wrapper"],
+                           "--inductor-cpp-wrapper needs --compile --compile-scope layers"),
                           (["--compile", "--compile-memory-budget", "2"], "must be in [0, 1]"),
                           (["--compile", "--compile-scope", "layers", "--ddp-graph-cuts"],
                            "--ddp-graph-cuts needs --compile --compile-scope layers and --ddp")):

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+from torch._inductor import config as inductor_config
 
 from video_models.builders import build_unet
 from video_models.checkpointing import configure_gradient_checkpointing, unet_layers
 from video_models.edm import micro_conditioning, video_diffusion_loss
-from video_models.layer_compile import compile_settings, compile_unet_layers
+from video_models.layer_compile import compile_unet_layers
 from vpp_core.config import load_config
 
 
@@ -38,9 +39,7 @@ def counting_compile(monkeypatch):
     def use(backend: str):
         def fake_compile(fn, **settings):
             record["settings"].append(settings)
-            # inductor options (the C++ wrapper) reach inductor; the eager backend has none
-            passed = {k: v for k, v in settings.items() if backend == "inductor" or k != "options"}
-            compiled = real_compile(fn, **{**passed, "backend": backend, "mode": None})
+            compiled = real_compile(fn, **{**settings, "backend": backend, "mode": None})
 
             def counted(*args, **kwargs):
                 record["calls"] += 1
@@ -82,22 +81,17 @@ def test_layers_compile_inside_the_checkpointing_and_match_eager(counting_compil
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=0, msg=name)
 
 
-def test_cpp_wrapper_is_an_inductor_option_of_each_layer(counting_compile):
-    """The C++ kernel-launch wrapper goes to each layer's compile as an inductor option, beside the mode's own
-    options (torch.compile takes a mode or options, not both), so it does not change inductor's settings for the
-    rest of the process."""
-    assert compile_settings("default") == {"mode": "default"}
-    assert compile_settings("default", cpp_wrapper=True) == {"options": {"cpp_wrapper": True}}
-    autotune = compile_settings("max-autotune-no-cudagraphs", cpp_wrapper=True)["options"]
-    assert autotune["cpp_wrapper"] and autotune["max_autotune"]
+def test_cpp_wrapper_switch(counting_compile):
+    """`cpp_wrapper=True` switches inductor's C++ kernel-launch wrapper on for the process (restored here), and the
+    layers compile with the mode asked for; without it the switch is left alone."""
     record = counting_compile("eager")
-    unet = _tiny_unet()
-    layers = unet_layers(unet)
-    compile_unet_layers(unet, "default", cpp_wrapper=True)
-    assert record["settings"] == [{"options": {"cpp_wrapper": True}, "dynamic": False}] * len(layers)
-    from torch._inductor import config as inductor_config
-
-    assert inductor_config.cpp_wrapper is False
+    with inductor_config.patch(cpp_wrapper=False):
+        compile_unet_layers(_tiny_unet(), "default")
+        assert inductor_config.cpp_wrapper is False
+        unet = _tiny_unet()
+        compile_unet_layers(unet, "default", cpp_wrapper=True)
+        assert inductor_config.cpp_wrapper is True
+    assert record["settings"][-1] == {"mode": "default", "dynamic": False}
 
 
 @pytest.mark.slow
@@ -114,8 +108,9 @@ def test_layers_compile_with_inductor_on_cpu(counting_compile, cpp_wrapper):
     record = counting_compile("inductor")
     unet = _tiny_unet()
     configure_gradient_checkpointing(unet, "layers")
-    compile_unet_layers(unet, "default", cpp_wrapper=cpp_wrapper)
-    loss, grads = _grads(unet)
+    with inductor_config.patch(cpp_wrapper=False):  # restored afterwards
+        compile_unet_layers(unet, "default", cpp_wrapper=cpp_wrapper)
+        loss, grads = _grads(unet)
     assert record["calls"] == 2 * len(unet_layers(unet))
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-5)
     for name, grad in ref_grads.items():

@@ -277,24 +277,18 @@ def test_compile_unet_compiles_each_layer_for_training_only(tiny_model_dirs, dat
 
 
 def test_compile_cpp_wrapper_setting(tiny_model_dirs, data_root, tmp_path, monkeypatch):
-    """`compile_cpp_wrapper: true` compiles every layer with inductor's C++ wrapper; "auto" (the full-size configs)
+    """`compile_cpp_wrapper: true` switches inductor's C++ kernel-launch wrapper on for the compiled layers; "auto"
     stays off on the CPU; asking for it without compile_unet, or with another value, is a config error."""
-    settings = []
+    from torch._inductor import config as inductor_config
 
-    def recording_compile(fn, **kwargs):  # stands in for torch.compile
-        settings.append(kwargs)
-        return fn
-
-    monkeypatch.setattr(torch, "compile", recording_compile)
-    on = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "on",
-                                                        compile_unet="default", compile_cpp_wrapper="true")))
-    assert on.compile_cpp_wrapper and settings
-    assert all(s == {"options": {"cpp_wrapper": True}, "dynamic": False} for s in settings)
-    settings.clear()
-    auto = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "auto",
-                                                          compile_unet="default", compile_cpp_wrapper="auto")))
-    assert not auto.compile_cpp_wrapper and settings
-    assert all(s == {"mode": "default", "dynamic": False} for s in settings)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # nothing to compile here
+    with inductor_config.patch(cpp_wrapper=False):  # restored afterwards
+        auto = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "auto",
+                                                              compile_unet="default", compile_cpp_wrapper="auto")))
+        assert not auto.compile_cpp_wrapper and inductor_config.cpp_wrapper is False
+        on = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "on",
+                                                            compile_unet="default", compile_cpp_wrapper="true")))
+        assert on.compile_cpp_wrapper and inductor_config.cpp_wrapper is True
     for value, message in (("true", "compile_cpp_wrapper=true needs compile_unet"),
                            ("often", "compile_cpp_wrapper must be true, false or auto")):
         bad = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, compile_cpp_wrapper=value)
@@ -354,21 +348,47 @@ def test_short_query_attention_setting(tiny_model_dirs, data_root, tmp_path):
 
 @pytest.mark.gpu
 def test_auto_settings_compile_the_layers_on_cuda(tiny_model_dirs, data_root, tmp_path):
-    """The full-size configs' defaults on a GPU: every layer compiled (inductor, C++ wrappers), the transformers
-    checkpointed, the short-query attention kernels, and a training step runs through them (run with
-    `pytest -m gpu tests/stage1`)."""
+    """The full-size configs' defaults on a GPU: every layer compiled (inductor), the transformers checkpointed, the
+    short-query attention kernels, and a training step runs through them (run with `pytest -m gpu tests/stage1`)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from video_models.checkpointing import unet_layers
 
     overrides = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, compile_unet="auto",
-                               gradient_checkpointing="auto", short_query_attention="auto",
-                               compile_cpp_wrapper="auto", mixed_precision="bf16")
+                               gradient_checkpointing="auto", short_query_attention="auto", mixed_precision="bf16")
     trainer = Stage1Trainer(load_config(TINY, overrides))
     assert trainer.compile_mode == "default" and trainer.gradient_checkpointing == "attentions"
-    assert trainer.short_query_attention and trainer.compile_cpp_wrapper
+    assert trainer.short_query_attention
     layers = unet_layers(trainer.accelerator.unwrap_model(trainer.unet))
     assert all(getattr(m.forward, "__vpp_layer_compiled__", False) for m in layers)
     loss = trainer.loss(next(iter(trainer.train_loader)))
     loss.backward()
     assert torch.isfinite(loss) and loss.device.type == "cuda"
+
+
+@pytest.mark.gpu
+def test_compile_cpp_wrapper_step_on_cuda(tiny_model_dirs, data_root, tmp_path):
+    """The opt-in C++ kernel-launch wrapper on a GPU: a training step (forward, recompute and backward of every
+    compiled layer) runs through it and gives the loss of the Python-launched layers, up to the triton kernels'
+    run-time tuning."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from torch._inductor import config as inductor_config
+
+    batches = []
+
+    def loss(name: str, **extra) -> torch.Tensor:
+        overrides = tiny_overrides(*tiny_model_dirs, data_root, tmp_path / name, compile_unet="default",
+                                   gradient_checkpointing="attentions", mixed_precision="bf16", **extra)
+        trainer = Stage1Trainer(load_config(TINY, overrides))
+        batches.append(batches[0] if batches else next(iter(trainer.train_loader)))  # one batch for both
+        value = trainer.loss(batches[-1], generator=torch.Generator().manual_seed(0))
+        value.backward()
+        return value.detach()
+
+    with inductor_config.patch(cpp_wrapper=False):
+        python_launched = loss("python")
+        cpp_launched = loss("cpp", compile_cpp_wrapper="true")
+        assert inductor_config.cpp_wrapper is True
+    assert torch.isfinite(cpp_launched)
+    torch.testing.assert_close(cpp_launched, python_launched, rtol=1e-5, atol=1e-6)
