@@ -78,15 +78,6 @@ def emit(result: dict[str, Any]) -> None:
     print(json.dumps(result, indent=2, default=str))
 
 
-def conv2d_channels_last(module: torch.nn.Module) -> int:
-    """Put every 2-D convolution weight of `module` in channels-last layout (the SVD U-Net also has 3-D
-    convolutions, which `module.to(memory_format=...)` rejects). Same math, other cuDNN kernels. Returns the count."""
-    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
-    for conv in convs:
-        conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
-    return len(convs)
-
-
 # the smaller model sizes the harnesses build besides the full one: size name -> video model yaml
 SMALL_VIDEO_CONFIGS = {"tiny": "video_conf/tiny.yaml", "small_sim": "video_conf/small_sim.yaml"}
 
@@ -109,6 +100,9 @@ def add_backend_arguments(parser) -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also run the timed function under torch.profiler and report its N most expensive "
                              "GPU kernels (not part of the timing)")
+    parser.add_argument("--profile-launchers", action="store_true",
+                        help="with --profile: also list the host operations (with input shapes) that launched each "
+                             "listed kernel")
     parser.add_argument("--sdpa-backends", default=None, metavar="LIST",
                         help="comma-separated scaled_dot_product_attention backends torch may choose from ("
                              f"{', '.join(SDPA_BACKENDS)}); the others are switched off. Default: all")
@@ -131,13 +125,15 @@ def configure_backends(args) -> None:
             enable(name in allowed)
 
 
-def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters: int = 3) -> dict[str, Any]:
-    """GPU time per kernel over `iters` calls of `fn`, grouped by kernel name: where a step's time goes."""
+def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters: int = 3,
+                   launchers: bool = False) -> dict[str, Any]:
+    """GPU time per kernel over `iters` calls of `fn`, grouped by kernel name: where a step's time goes. With
+    `launchers`, also which host operations (name and input shapes) launched each of the listed kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=launchers) as prof:
         for _ in range(iters):
             fn()
         synchronize(device)
@@ -150,13 +146,29 @@ def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters:
             device_ops.append((e.time_range.start, e.time_range.end, e.name))
         elif e.device_type != torch.autograd.DeviceType.CUDA:
             host_ops.append((e.time_range.start, e.time_range.end, e.name))
-    return {
-        "gpu_ms_per_call": total_us / 1000 / iters,
-        "kernels": [{"name": e.key[:120], "ms_per_call": e.self_device_time_total / 1000 / iters,
-                     "share": e.self_device_time_total / total_us, "calls": e.count // iters}
-                    for e in events[:top]],
-        "timeline": device_timeline(device_ops, iters, host_ops),
-    }
+    kernels = [{"name": e.key[:120], "ms_per_call": e.self_device_time_total / 1000 / iters,
+                "share": e.self_device_time_total / total_us, "calls": e.count // iters}
+               for e in events[:top]]
+    result = {"gpu_ms_per_call": total_us / 1000 / iters, "kernels": kernels,
+              "timeline": device_timeline(device_ops, iters, host_ops)}
+    if launchers:
+        result["launchers"] = kernel_launchers(prof.events(), [k["name"] for k in kernels], iters)
+    return result
+
+
+def kernel_launchers(events: Any, kernel_names: list[str], iters: int, per_kernel: int = 4) -> dict[str, Any]:
+    """For each kernel name (cut to 120 characters, as `kernel_profile` lists them), the host operations that
+    launched it, with their input shapes, and their share of its GPU time, largest first. Kernel names alone do not
+    say which layer a generic kernel (a cuDNN layout transpose, an elementwise multiply) belongs to."""
+    by_kernel: dict[str, Counter] = {name: Counter() for name in kernel_names}
+    for event in events:
+        for kernel in getattr(event, "kernels", ()):
+            launched = by_kernel.get(kernel.name[:120])
+            if launched is not None:
+                launched[f"{event.name} {list(event.input_shapes or [])}"] += kernel.duration
+    return {name: [{"op": op, "ms_per_call": us / 1000 / iters, "share": us / sum(launched.values())}
+                   for op, us in launched.most_common(per_kernel)]
+            for name, launched in by_kernel.items() if launched}
 
 
 def is_device_work(event: Any) -> bool:

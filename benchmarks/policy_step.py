@@ -31,7 +31,6 @@ from benchmarks.common import (
     SMALL_VIDEO_CONFIGS,
     add_backend_arguments,
     configure_backends,
-    conv2d_channels_last,
     emit,
     environment,
     host_syncs,
@@ -40,6 +39,7 @@ from benchmarks.common import (
     time_fn,
 )
 from video_models.attention_kernels import use_short_query_kernels
+from video_models.conv_layout import set_conv_weight_layout
 
 # size -> policy model yaml, on top of the video model of SMALL_VIDEO_CONFIGS; full size is the CALVIN policy on the
 # default (SVD) video model with a 512-d CLIP
@@ -140,7 +140,12 @@ def main() -> None:
                         help="torch.compile the VAE encode and the partial U-Net pass "
                              "(policy.compile_video_model(MODE); MODE defaults to 'default')")
     parser.add_argument("--channels-last", action="store_true",
-                        help="frozen U-Net and VAE weights in channels-last memory format (same math, other kernels)")
+                        help="frozen U-Net and VAE convolution weights, 2-D and 3-D, in channels-last layout (same "
+                             "values, other kernels). --compile does this itself since session 13; sessions 4-7 "
+                             "measured the flag with the 2-D weights only")
+    parser.add_argument("--contiguous-conv-weights", action="store_true",
+                        help="with --compile, measurement: keep the frozen convolution weights in the default layout "
+                             "(as before session 13) instead of the channels-last layout compile_video_model sets")
     parser.add_argument("--compile-head", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the action head (policy.compile_action_head(MODE); MODE defaults to "
                              "'default'): inference, the Video Former, the DiT encoder and the DiT decoder step; "
@@ -167,13 +172,15 @@ def main() -> None:
     add_backend_arguments(parser)
     args = parser.parse_args()
 
+    if args.contiguous_conv_weights and args.compile is None:
+        parser.error("--contiguous-conv-weights needs --compile")
     device = torch.device(args.device)
     configure_backends(args)
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     policy = build_random_policy(device, args.size, dtypes[args.video_dtype])
     if args.channels_last:
         for module in (policy.tvp_encoder.unet, policy.tvp_encoder.vae):
-            conv2d_channels_last(module)
+            set_conv_weight_layout(module, channels_last=True)
     from torch._inductor import config as inductor_config
 
     if args.inductor_cpp_wrapper:
@@ -184,6 +191,9 @@ def main() -> None:
         use_short_query_kernels(policy.tvp_encoder.unet)
     if args.compile is not None:
         policy.compile_video_model(args.compile)
+        if args.contiguous_conv_weights:  # before the first call, so the compiled graphs trace this layout
+            for module in (policy.tvp_encoder.unet, policy.tvp_encoder.vae):
+                set_conv_weight_layout(module, channels_last=False)
     if args.compile_head:
         policy.compile_action_head(args.compile_head)
     policy.cuda_graph = args.cuda_graph
@@ -241,7 +251,7 @@ def main() -> None:
         "peak_memory_gib": peak_memory_gib(device),
     }
     if args.profile:  # before the exactness check, which drops the captured graphs (their recapture is not a call)
-        result["profile"] = kernel_profile(run, device, args.profile)
+        result["profile"] = kernel_profile(run, device, args.profile, launchers=args.profile_launchers)
     if args.sync_report:
         result["host_syncs"] = host_syncs(run, device)
     if args.mode == "inference" and args.components:

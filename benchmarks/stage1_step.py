@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +29,6 @@ from benchmarks.common import (
     SMALL_VIDEO_CONFIGS,
     add_backend_arguments,
     configure_backends,
-    conv2d_channels_last,
     emit,
     environment,
     host_syncs,
@@ -38,7 +39,14 @@ from benchmarks.common import (
 )
 from video_models.attention_kernels import use_short_query_kernels
 from video_models.builders import build_unet, count_parameters
-from video_models.checkpointing import CHECKPOINTING_MODES, configure_gradient_checkpointing
+from video_models.checkpointing import (
+    CHECKPOINTING_MODES,
+    checkpointed,
+    configure_gradient_checkpointing,
+    is_checkpointed,
+    unet_layers,
+)
+from video_models.conv_layout import set_conv_weight_layout
 from video_models.edm import micro_conditioning, video_diffusion_loss
 from video_models.layer_compile import compile_unet_layers
 
@@ -54,6 +62,47 @@ class _BF16Inputs(torch.nn.Module):
                 added_time_ids: torch.Tensor):
         return self.unet(sample.to(torch.bfloat16), timestep,
                          encoder_hidden_states=encoder_hidden_states.to(torch.bfloat16), added_time_ids=added_time_ids)
+
+
+def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() == 4:
+        return tensor.contiguous(memory_format=torch.channels_last)
+    if tensor.dim() == 5:
+        return tensor.contiguous(memory_format=torch.channels_last_3d)
+    return tensor
+
+
+def _channels_last_output(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`forward` returning its output (alone or first in a tuple, as diffusers' transformers return it) in
+    channels-last layout. Compiled, the layout change fuses into the layer's last kernel."""
+    @functools.wraps(forward)
+    def wrapper(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if isinstance(out, tuple):
+            return (_channels_last(out[0]), *out[1:])
+        if not torch.is_tensor(out):
+            raise TypeError(f"--channels-last-activations: unexpected layer output {type(out).__name__}")
+        return _channels_last(out)
+
+    return wrapper
+
+
+def channels_last_activations(unet: torch.nn.Module) -> None:
+    """Measurement: every convolution, 2-D and the temporal 3-D ones, with weights and inputs in channels-last
+    layout, and every ResNet and transformer writing its output in it. cuDNN's kernels for bf16 work in that layout
+    and transpose NCHW inputs and outputs around each call (26 ms of a 390 ms step in session 12's profile).
+    Inductor's own layout optimisation covers only the 2-D convolutions inside a compiled graph, and diffusers'
+    transformers end in `.contiguous()`, which turns their output back to NCHW. Same math. Call after the
+    checkpointing is set and before the layers are compiled."""
+    set_conv_weight_layout(unet, channels_last=True)
+    for module in unet.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv3d):
+            module.register_forward_pre_hook(lambda _module, args: (_channels_last(args[0]), *args[1:]))
+    for layer in unet_layers(unet):
+        if is_checkpointed(layer.forward):
+            layer.forward = checkpointed(_channels_last_output(layer.forward.__wrapped__))
+        else:
+            layer.forward = _channels_last_output(layer.forward)
 
 
 def _one_process_ddp(model: torch.nn.Module, device: torch.device,
@@ -109,7 +158,12 @@ def main() -> None:
                         help="with --compile-scope layers: inductor's cpp_wrapper, so each compiled layer launches "
                              "its kernels from generated C++ instead of Python (same kernels, less host time; the "
                              "trainer's compile_cpp_wrapper)")
-    parser.add_argument("--channels-last", action="store_true", help="U-Net weights in channels-last memory format")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="U-Net convolution weights, 2-D and 3-D, in channels-last layout (session 11 measured "
+                             "the flag with the 2-D weights only)")
+    parser.add_argument("--channels-last-activations", action="store_true",
+                        help="with --compile-scope layers: convolution weights, the U-Net's input and every layer's "
+                             "output in channels-last layout (measurement; same math, no cuDNN layout transposes)")
     parser.add_argument("--short-query-kernels", action="store_true",
                         help="the memory-efficient attention kernel for queries of at most 64 tokens "
                              "(video_models.attention_kernels; the policy's short_query_attention)")
@@ -136,6 +190,8 @@ def main() -> None:
         parser.error("--compile-scope needs --compile")
     if args.ddp_graph_cuts and (args.compile_scope != "layers" or args.ddp == "off"):
         parser.error("--ddp-graph-cuts needs --compile --compile-scope layers and --ddp")
+    if args.channels_last_activations and args.compile_scope != "layers":
+        parser.error("--channels-last-activations needs --compile --compile-scope layers")
     if args.inductor_cpp_wrapper and args.compile_scope != "layers":
         parser.error("--inductor-cpp-wrapper needs --compile --compile-scope layers")
     if args.compile_memory_budget is not None:
@@ -161,7 +217,9 @@ def main() -> None:
         unet = unet.to(torch.bfloat16)
     configure_gradient_checkpointing(unet, args.checkpointing)
     if args.channels_last:
-        conv2d_channels_last(unet)
+        set_conv_weight_layout(unet, channels_last=True)
+    if args.channels_last_activations:
+        channels_last_activations(unet)
     if args.short_query_kernels:
         use_short_query_kernels(unet)
     frames = 16  # VPP's clip length; the U-Net config's num_frames (25 for the default) is not used by forward
@@ -206,7 +264,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_fn(step, device, args.warmup, args.iters)
-    profile = {"profile": kernel_profile(step, device, args.profile)} if args.profile else {}
+    profile = ({"profile": kernel_profile(step, device, args.profile, launchers=args.profile_launchers)}
+               if args.profile else {})
     syncs = {"host_syncs": host_syncs(step, device)} if args.sync_report else {}
     emit({
         "benchmark": "stage1_train_step",

@@ -187,6 +187,55 @@ def test_policy_inference_components_and_autocast_experiment(monkeypatch, capsys
     assert 0 < out["exactness"]["max_abs_diff_vs_eager_same_generator"] < 1
 
 
+def test_kernel_launchers_attribute_each_kernel_to_the_ops_that_launched_it():
+    from types import SimpleNamespace
+
+    from benchmarks.common import kernel_launchers
+
+    def op(name, shapes, *kernels):
+        return SimpleNamespace(name=name, input_shapes=shapes,
+                               kernels=[SimpleNamespace(name=k, duration=us) for k, us in kernels])
+
+    transpose = "nchwToNhwcKernel" + "x" * 130  # listed under its first 120 characters, as kernel_profile cuts it
+    events = [op("aten::cudnn_convolution", [[6, 320, 32, 32]], (transpose, 30.0), ("conv", 100.0)),
+              op("aten::cudnn_convolution", [[6, 320, 16, 32, 32]], (transpose, 90.0)),
+              op("aten::cudnn_convolution", [[6, 320, 32, 32]], (transpose, 30.0)),
+              op("aten::add", None, ("elementwise", 5.0)),
+              SimpleNamespace(name="a kernel event", input_shapes=[], kernels=[])]
+    launchers = kernel_launchers(events, [transpose[:120], "conv", "unlisted"], iters=2)
+    assert list(launchers) == [transpose[:120], "conv"]  # a name nothing launched is left out
+    assert launchers[transpose[:120]] == [
+        {"op": "aten::cudnn_convolution [[6, 320, 16, 32, 32]]", "ms_per_call": 0.045, "share": 0.6},
+        {"op": "aten::cudnn_convolution [[6, 320, 32, 32]]", "ms_per_call": 0.03, "share": 0.4}]
+
+
+def test_channels_last_activations_keep_the_unet_output():
+    """The layout experiment changes where each convolution reads and writes, not what the U-Net computes."""
+    import torch
+
+    from benchmarks.stage1_step import build_unet, channels_last_activations
+    from video_models.checkpointing import configure_gradient_checkpointing
+    from vpp_core.config import load_config
+
+    torch.manual_seed(0)
+    unet = build_unet(load_config(Path(__file__).resolve().parents[2] / "video_conf" / "tiny.yaml").model.unet)
+    inputs = (torch.randn(1, 4, 8, 8, 8), torch.tensor([10.0]), torch.randn(1, 5, unet.config.cross_attention_dim),
+              torch.zeros(1, 3))
+    reference = unet(*inputs).sample
+    configure_gradient_checkpointing(unet, "attentions")
+    channels_last_activations(unet)
+    layouts = []
+    for conv in (m for m in unet.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d)):
+        conv.register_forward_hook(lambda _m, args, _out: layouts.append(
+            args[0].is_contiguous(memory_format=torch.channels_last if args[0].dim() == 4
+                                  else torch.channels_last_3d)))
+    output = unet(*inputs).sample
+    output.square().mean().backward()
+    assert layouts and all(layouts)
+    # other convolution kernels sum in another order: both fp32 outputs lie about 1e-4 from a float64 pass here
+    torch.testing.assert_close(output, reference, rtol=0, atol=5e-4)
+
+
 def test_stage1_compile_settings_are_validated(monkeypatch, capsys):
     from benchmarks import stage1_step
 
@@ -195,7 +244,9 @@ def test_stage1_compile_settings_are_validated(monkeypatch, capsys):
                            "--inductor-cpp-wrapper needs --compile --compile-scope layers"),
                           (["--compile", "--compile-memory-budget", "2"], "must be in [0, 1]"),
                           (["--compile", "--compile-scope", "layers", "--ddp-graph-cuts"],
-                           "--ddp-graph-cuts needs --compile --compile-scope layers and --ddp")):
+                           "--ddp-graph-cuts needs --compile --compile-scope layers and --ddp"),
+                          (["--compile", "--channels-last-activations"],
+                           "--channels-last-activations needs --compile --compile-scope layers")):
         with pytest.raises(SystemExit):
             run_harness(stage1_step, ["--tiny", "--device", "cpu", *argv], monkeypatch, capsys)
         assert message in capsys.readouterr().err
