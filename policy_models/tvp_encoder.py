@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policy_models.text_cache import TextFeatureCache
+from video_models.conv_layout import set_conv_weight_layout
 from video_models.text_conditioning import encode_text
 
 
@@ -319,10 +320,14 @@ class TVPEncoder(nn.Module):
         backend=backend)` (`mode=None`: back to eager). Opt-in: inductor's kernels fuse and reorder floating-point
         work, so features are numerically close to the eager ones but not bit-identical. `encode_images` and
         `partial_unet` themselves stay eager (the reference). Shapes are static: each new batch size / camera count
-        compiles once more."""
+        compiles once more. While compiled, the VAE's and U-Net's convolution weights are stored channels-last
+        (`video_models.conv_layout`); `mode=None` puts them back."""
         def compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor] | None:
             return None if mode is None else torch.compile(fn, mode=mode, backend=backend, dynamic=False)
 
+        # compiled, the frozen convolution weights are kept in channels-last: no per-call layout conversions
+        for frozen in (self.vae, self.unet):
+            set_conv_weight_layout(frozen, channels_last=mode is not None)
         self.__dict__["_compiled_encode_images"] = compiled(self.encode_images)
         self.__dict__["_compiled_partial_unet"] = compiled(self.partial_unet)
         self.__dict__["_compile_mode"] = mode

@@ -112,14 +112,22 @@ def test_compiled_vae_and_unet_passes_are_used_and_can_be_turned_off(policy):
         traced.append(gm.code)
         return gm.forward
 
+    def conv_weights(module):
+        return [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d)]
+
     policy.compile_video_model("default", backend=backend)
     assert policy.video_compile_mode == "default"
+    for weight in conv_weights(tvp.unet) + conv_weights(tvp.vae):  # stored channels-last while compiled
+        layout = torch.channels_last if weight.dim() == 4 else torch.channels_last_3d
+        assert weight.is_contiguous(memory_format=layout)
+    assert any(not w.is_contiguous() for w in conv_weights(tvp.unet) if w.dim() == 5)
     out = policy.predict_action_chunk(obs, "x", generator=torch.Generator().manual_seed(0))
     assert any("quant_conv" in code for code in traced), "the compiled VAE encode was not used"
     assert any("conv_in" in code and "up_blocks" in code for code in traced), "the compiled U-Net pass was not used"
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     policy.compile_video_model(None)
     assert policy.video_compile_mode is None and (tvp.vae_pass, tvp.unet_pass) == passes
+    assert all(w.is_contiguous() for w in conv_weights(tvp.unet) + conv_weights(tvp.vae))
     n = len(traced)
     assert torch.equal(policy.predict_action_chunk(obs, "x", generator=torch.Generator().manual_seed(0)), ref)
     assert len(traced) == n
