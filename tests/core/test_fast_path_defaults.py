@@ -78,7 +78,8 @@ def test_stage1_full_size_configs_compile_on_cuda(name):
     assert cfg.compile_unet == "auto" and cfg.gradient_checkpointing == "auto" and cfg.train_batch_size == 6
     assert cfg.short_query_attention == "auto"
     assert resolve_flag(cfg.short_query_attention, "cuda") and not resolve_flag(cfg.short_query_attention, "cpu")
-    assert cfg.compile_cpp_wrapper is False  # opt-in until its GPU test has run
+    assert cfg.compile_cpp_wrapper == "auto"
+    assert resolve_flag(cfg.compile_cpp_wrapper, "cuda") and not resolve_flag(cfg.compile_cpp_wrapper, "cpu")
     mode = resolve_compile_setting(cfg.compile_unet, "cuda")
     assert mode == "default" and checkpointing_mode(cfg.gradient_checkpointing, mode is not None) == "attentions"
     assert resolve_compile_setting(cfg.compile_unet, "cpu") is None

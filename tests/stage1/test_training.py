@@ -368,9 +368,9 @@ def test_auto_settings_compile_the_layers_on_cuda(tiny_model_dirs, data_root, tm
 
 @pytest.mark.gpu
 def test_compile_cpp_wrapper_step_on_cuda(tiny_model_dirs, data_root, tmp_path):
-    """The opt-in C++ kernel-launch wrapper on a GPU: a training step (forward, recompute and backward of every
-    compiled layer) runs through it and gives the loss of the Python-launched layers, up to the triton kernels'
-    run-time tuning."""
+    """The C++ kernel-launch wrapper, the full-size configs' default on CUDA: a training step (forward, recompute
+    and backward of every compiled layer) runs through it and gives the loss of the Python-launched layers, up to the
+    triton kernels' run-time tuning."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from torch._inductor import config as inductor_config
