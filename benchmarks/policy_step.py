@@ -39,7 +39,6 @@ from benchmarks.common import (
     time_fn,
 )
 from video_models.attention_kernels import use_short_query_kernels
-from video_models.conv_layout import set_conv_weight_layout
 
 # size -> policy model yaml, on top of the video model of SMALL_VIDEO_CONFIGS; full size is the CALVIN policy on the
 # default (SVD) video model with a 512-d CLIP
@@ -179,8 +178,7 @@ def main() -> None:
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     policy = build_random_policy(device, args.size, dtypes[args.video_dtype])
     if args.channels_last:
-        for module in (policy.tvp_encoder.unet, policy.tvp_encoder.vae):
-            set_conv_weight_layout(module, channels_last=True)
+        policy.tvp_encoder.set_conv_weight_layout(channels_last=True)
     from torch._inductor import config as inductor_config
 
     if args.inductor_cpp_wrapper:
@@ -192,8 +190,7 @@ def main() -> None:
     if args.compile is not None:
         policy.compile_video_model(args.compile)
         if args.contiguous_conv_weights:  # before the first call, so the compiled graphs trace this layout
-            for module in (policy.tvp_encoder.unet, policy.tvp_encoder.vae):
-                set_conv_weight_layout(module, channels_last=False)
+            policy.tvp_encoder.set_conv_weight_layout(channels_last=False)
     if args.compile_head:
         policy.compile_action_head(args.compile_head)
     policy.cuda_graph = args.cuda_graph

@@ -46,7 +46,7 @@ from video_models.checkpointing import (
     is_checkpointed,
     unet_layers,
 )
-from video_models.conv_layout import set_conv_weight_layout
+from video_models.conv_layout import set_conv_weight_layout, to_channels_last
 from video_models.edm import micro_conditioning, video_diffusion_loss
 from video_models.layer_compile import compile_unet_layers
 
@@ -64,14 +64,6 @@ class _BF16Inputs(torch.nn.Module):
                          encoder_hidden_states=encoder_hidden_states.to(torch.bfloat16), added_time_ids=added_time_ids)
 
 
-def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.dim() == 4:
-        return tensor.contiguous(memory_format=torch.channels_last)
-    if tensor.dim() == 5:
-        return tensor.contiguous(memory_format=torch.channels_last_3d)
-    return tensor
-
-
 def _channels_last_output(forward: Callable[..., Any]) -> Callable[..., Any]:
     """`forward` returning its output (alone or first in a tuple, as diffusers' transformers return it) in
     channels-last layout. Compiled, the layout change fuses into the layer's last kernel."""
@@ -79,10 +71,10 @@ def _channels_last_output(forward: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args, **kwargs):
         out = forward(*args, **kwargs)
         if isinstance(out, tuple):
-            return (_channels_last(out[0]), *out[1:])
+            return (to_channels_last(out[0]), *out[1:])
         if not torch.is_tensor(out):
             raise TypeError(f"--channels-last-activations: unexpected layer output {type(out).__name__}")
-        return _channels_last(out)
+        return to_channels_last(out)
 
     return wrapper
 
@@ -97,7 +89,7 @@ def channels_last_activations(unet: torch.nn.Module) -> None:
     set_conv_weight_layout(unet, channels_last=True)
     for module in unet.modules():
         if isinstance(module, torch.nn.Conv2d | torch.nn.Conv3d):
-            module.register_forward_pre_hook(lambda _module, args: (_channels_last(args[0]), *args[1:]))
+            module.register_forward_pre_hook(lambda _module, args: (to_channels_last(args[0]), *args[1:]))
     for layer in unet_layers(unet):
         if is_checkpointed(layer.forward):
             layer.forward = checkpointed(_channels_last_output(layer.forward.__wrapped__))

@@ -315,6 +315,13 @@ class TVPEncoder(nn.Module):
         features = torch.cat(taps, dim=1)
         return features.reshape(batch_size, num_frames, *features.shape[1:])
 
+    def set_conv_weight_layout(self, channels_last: bool) -> None:
+        """The VAE's and U-Net's convolution weights channels-last, or back in the default layout
+        (`video_models.conv_layout`). `compile_passes` sets this; a compiled pass traces the layout of its first
+        call."""
+        for frozen in (self.vae, self.unet):
+            set_conv_weight_layout(frozen, channels_last)
+
     def compile_passes(self, mode: str | None = "default", backend: str = "inductor") -> None:
         """Run the VAE encode and the U-Net pass of this encoder through `torch.compile(..., mode=mode,
         backend=backend)` (`mode=None`: back to eager). Opt-in: inductor's kernels fuse and reorder floating-point
@@ -326,8 +333,7 @@ class TVPEncoder(nn.Module):
             return None if mode is None else torch.compile(fn, mode=mode, backend=backend, dynamic=False)
 
         # compiled, the frozen convolution weights are kept in channels-last: no per-call layout conversions
-        for frozen in (self.vae, self.unet):
-            set_conv_weight_layout(frozen, channels_last=mode is not None)
+        self.set_conv_weight_layout(channels_last=mode is not None)
         self.__dict__["_compiled_encode_images"] = compiled(self.encode_images)
         self.__dict__["_compiled_partial_unet"] = compiled(self.partial_unet)
         self.__dict__["_compile_mode"] = mode

@@ -17,6 +17,15 @@ import torch
 from torch import nn
 
 
+def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in channels-last layout: NHWC for 4-D tensors, NDHWC for 5-D ones; other ranks as they are."""
+    if tensor.dim() == 4:
+        return tensor.contiguous(memory_format=torch.channels_last)
+    if tensor.dim() == 5:
+        return tensor.contiguous(memory_format=torch.channels_last_3d)
+    return tensor
+
+
 def set_conv_weight_layout(module: nn.Module, channels_last: bool) -> int:
     """Store every 2-D and 3-D convolution weight of `module` in channels-last layout (`channels_last=True`) or in
     the default contiguous layout. The parameters stay the same objects with the same values, so optimizers and
@@ -24,12 +33,8 @@ def set_conv_weight_layout(module: nn.Module, channels_last: bool) -> int:
     the number of convolutions."""
     count = 0
     for conv in module.modules():
-        if isinstance(conv, nn.Conv3d):
-            layout = torch.channels_last_3d if channels_last else torch.contiguous_format
-        elif isinstance(conv, nn.Conv2d):
-            layout = torch.channels_last if channels_last else torch.contiguous_format
-        else:
-            continue
-        conv.weight.data = conv.weight.data.contiguous(memory_format=layout)
-        count += 1
+        if isinstance(conv, nn.Conv2d | nn.Conv3d):
+            weight = conv.weight.data
+            conv.weight.data = to_channels_last(weight) if channels_last else weight.contiguous()
+            count += 1
     return count
