@@ -84,6 +84,29 @@ def camera_images(policy, batch: int, rng: np.random.Generator) -> dict[str, np.
             for cam in policy.embodiment.cameras}
 
 
+def use_per_step_sampler(policy) -> None:
+    """Measurement control: the sampler as it ran before session 14. Each step embeds its own sigma, computes its
+    AdaLN modulations and the context's cross-attention keys and values, and projects queries, keys and values
+    separately; with `compile_action_head`, one compiled graph per step instead of one for the whole sampler."""
+    from policy_models.diffusion.samplers import get_sampler
+
+    compiled = {}
+
+    def denoise_fn():
+        mode = policy.action_head_compile_mode  # followed, so that the exactness check's eager run is eager here too
+        if mode is None:
+            return policy.model.denoise
+        if mode not in compiled:
+            compiled[mode] = torch.compile(policy.model.denoise, mode=mode, dynamic=False)
+        return compiled[mode]
+
+    def per_step_loop(context: torch.Tensor, x: torch.Tensor, schedule: tuple) -> torch.Tensor:
+        sigmas, denoise = policy._sigmas(schedule, context.device), denoise_fn()
+        return get_sampler(schedule[0])(lambda x_t, sigma, _: denoise(context, x_t, sigma), x, sigmas)
+
+    policy._denoise_loop = per_step_loop  # shadows the method on this instance only
+
+
 def exactness(policy, obs: dict, instruction: str, device: torch.device,
               fast_context=contextlib.nullcontext) -> dict[str, float]:
     """Largest |difference| between the chunks of the benchmarked settings and eager ones, for the same noise: drawn
@@ -147,8 +170,11 @@ def main() -> None:
                              "(as before session 13) instead of the channels-last layout compile_video_model sets")
     parser.add_argument("--compile-head", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the action head (policy.compile_action_head(MODE); MODE defaults to "
-                             "'default'): inference, the Video Former, the DiT encoder and the DiT decoder step; "
+                             "'default'): inference, the Video Former, the DiT encoder and the whole sampler; "
                              "training, the Video Former and the DiT loss")
+    parser.add_argument("--per-step-sampler", action="store_true",
+                        help="inference, measurement: the sampler without its plan (as before session 14): every "
+                             "step computes its sigma's conditioning and the context's keys and values itself")
     parser.add_argument("--inductor-freezing", action="store_true",
                         help="inference, experiment: torch._inductor.config.freezing = True (weights folded into the "
                              "compiled graph as constants; later in-place weight updates are not seen)")
@@ -193,6 +219,8 @@ def main() -> None:
             policy.tvp_encoder.set_conv_weight_layout(channels_last=False)
     if args.compile_head:
         policy.compile_action_head(args.compile_head)
+    if args.per_step_sampler:
+        use_per_step_sampler(policy)
     policy.cuda_graph = args.cuda_graph
     rng = np.random.default_rng(0)
     e = policy.embodiment

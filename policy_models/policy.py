@@ -385,10 +385,18 @@ class VPPPolicy(nn.Module):
                              generator=generator)
 
     def _denoise_loop(self, context: torch.Tensor, x: torch.Tensor, schedule: tuple) -> torch.Tensor:
-        """The sampler's steps: decoder calls on the fixed encoder context."""
+        """The sampler's steps: decoder calls on the fixed encoder context (one compiled graph for all steps when
+        `compile_action_head` set one)."""
         sigmas = self._sigmas(schedule, context.device)
-        denoise = self._action_head_fn("denoise", self.model.denoise)
-        return get_sampler(schedule[0])(lambda x_t, sigma: denoise(context, x_t, sigma), x, sigmas)
+        return self._action_head_fn("sample", self._planned_sampler)(context, x, sigmas, schedule[0])
+
+    def _planned_sampler(self, context: torch.Tensor, x: torch.Tensor, sigmas: torch.Tensor,
+                         sampler_type: str) -> torch.Tensor:
+        """The sampler with the decoder's sigma- and context-only work done once for all steps (`GCDenoiser.plan`);
+        the schedule's last sigma is the final 0, which no step embeds."""
+        plan = self.model.plan(context, sigmas[:-1])
+        return get_sampler(sampler_type)(lambda x_t, sigma, i: self.model.denoise_planned(plan, i, x_t, sigma), x,
+                                         sigmas)
 
     @torch.no_grad()
     def sample_actions(
@@ -403,13 +411,15 @@ class VPPPolicy(nn.Module):
         reuse_encoder: bool = True,
     ) -> torch.Tensor:
         """Sample an action chunk (B, chunk_length, action_dim) from visual tokens and goal. The DiT encoder runs
-        once and its context is reused by every sampler step (`reuse_encoder=False` recomputes it each step, as the
-        original did; the result is identical in eval mode)."""
+        once, and the decoder's sigma- and context-only work is planned once for all steps. `reuse_encoder=False` runs
+        the whole transformer at every step, as the original did: the same math, equal to float rounding in eval
+        mode (the planned steps' matrix products take their rows in other groupings)."""
         schedule = self._schedule(sigma_min, sigma_max, num_steps)
         x = self._initial_noise(tokens.shape[0], schedule, generator)
         if not reuse_encoder:
             sigmas = self._sigmas(schedule, self.device)
-            return get_sampler(schedule[0])(lambda x_t, sigma: self.model(tokens, x_t, goal, sigma, proprio), x, sigmas)
+            return get_sampler(schedule[0])(lambda x_t, sigma, _: self.model(tokens, x_t, goal, sigma, proprio), x,
+                                            sigmas)
         return self._sample_from_context(self.model.encode(tokens, goal, proprio), x, schedule, graphed=True)
 
     def _sample_from_context(self, context: torch.Tensor, x: torch.Tensor, schedule: tuple,
@@ -579,10 +589,10 @@ class VPPPolicy(nn.Module):
     def compile_action_head(self, mode: str | None = "default", backend: str = "inductor") -> None:
         """Opt-in `torch.compile` of the trainable action head (`mode=None`: back to eager).
 
-        Inference: the chunk's work after the U-Net pass, the Video Former, the DiT encoder and the DiT decoder step
-        the sampler calls once per step. At batch 1 these are hundreds of small fp32 kernels; fused, the graphed
-        chunk takes about 2 ms less on an H100. Training (`compute_loss`): the Video Former and the DiT's loss,
-        forward and backward, which run launch-bound between the large kernels of the frozen U-Net pass
+        Inference: the chunk's work after the U-Net pass, the Video Former, the DiT encoder and the whole sampler
+        (its plan and every decoder step, in one graph). At batch 1 these are hundreds of small fp32 kernels; fused,
+        the graphed chunk takes about 2 ms less on an H100. Training (`compute_loss`): the Video Former and the DiT's
+        loss, forward and backward, which run launch-bound between the large kernels of the frozen U-Net pass
         (docs/PERFORMANCE.md). Close to eager, not bit-identical."""
         self._check_compile_compatible(self.cuda_graph, mode)
         compiled = {}
@@ -591,7 +601,7 @@ class VPPPolicy(nn.Module):
                 return torch.compile(fn, mode=mode, backend=backend, dynamic=False)
 
             compiled = {"former": compiled_fn(self._former_tokens), "encode": compiled_fn(self.model.encode),
-                        "denoise": compiled_fn(self.model.denoise), "loss": compiled_fn(self.model.loss)}
+                        "sample": compiled_fn(self._planned_sampler), "loss": compiled_fn(self.model.loss)}
         self.__dict__["_compiled_action_head"] = compiled
         self.__dict__["_action_head_compile_mode"] = mode
         self._graphs.clear()

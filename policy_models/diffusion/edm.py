@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from policy_models.diffusion.dit import DecoderPlan
+
 SIGMA_DATA = 0.5
 
 
@@ -125,6 +127,16 @@ class GCDenoiser(nn.Module):
         """D(x; sigma) given the encoder context; sigma has shape (B,)."""
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in self.get_scalings(sigma))
         return self.inner_model.decode(context, x * c_in, sigma) * c_out + x * c_skip
+
+    def plan(self, context: torch.Tensor, sigmas: torch.Tensor) -> DecoderPlan:
+        """The sigma-only and context-only work of the sampler's steps (`DiffusionTransformer.plan_decoding`); sigmas
+        (n,) holds one value per step."""
+        return self.inner_model.plan_decoding(context, sigmas)
+
+    def denoise_planned(self, plan: DecoderPlan, step: int, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """`denoise(context, x, sigma)` at the planned step whose sigma is `sigma` (B,)."""
+        c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in self.get_scalings(sigma))
+        return self.inner_model.decode_planned(plan, step, x * c_in) * c_out + x * c_skip
 
     def forward(
         self,

@@ -1,7 +1,8 @@
 """Sigma schedules and the DDIM (DPM-Solver-1) sampler of the action head (vpp_reference §6.9).
 
-The sampler takes a `denoise(x, sigma) -> D(x; sigma)` callable, so the policy can run the transformer encoder once
-per chunk and close over its output (the original recomputed it at every step; the math is the same).
+The sampler takes a `denoise(x, sigma, step) -> D(x; sigma)` callable, so the policy can run the transformer encoder
+once per chunk and close over its output (the original recomputed it at every step; the math is the same). `step`, the
+index into the schedule, lets a denoiser use work done once for the whole schedule (`GCDenoiser.plan`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Denoiser = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def append_zero(x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +87,7 @@ def sample_ddim(
         return sigma.log().neg()
 
     for i in range(len(sigmas) - 1):
-        denoised = denoise(x, sigmas[i] * s_in)
+        denoised = denoise(x, sigmas[i] * s_in, i)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "denoised": denoised})
         t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
@@ -105,7 +106,7 @@ def sample_euler(
     """Deterministic Euler (Karras et al. 2022, Algorithm 2 without churn)."""
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        denoised = denoise(x, sigmas[i] * s_in)
+        denoised = denoise(x, sigmas[i] * s_in, i)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "denoised": denoised})
         d = (x - denoised) / sigmas[i]

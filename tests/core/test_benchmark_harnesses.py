@@ -173,6 +173,26 @@ def test_chunk_stages_compose_to_the_eager_chunk():
                 assert torch.equal(fn(*inputs), next_inputs[0]), name
 
 
+def test_per_step_sampler_control_runs_every_decoder_step_on_its_own(monkeypatch):
+    """`--per-step-sampler` (the measurement control for the planned sampler) calls the denoiser once per step and
+    never plans, and gives the planned chunk's actions up to float rounding."""
+    import numpy as np
+    import torch
+
+    from benchmarks.policy_step import build_random_policy, camera_images, use_per_step_sampler
+
+    policy = build_random_policy(torch.device("cpu"), "tiny", torch.float32).eval()
+    obs = {"rgb_obs": camera_images(policy, 1, np.random.default_rng(0))}
+    planned = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(3))
+    steps, denoise = [], policy.model.denoise
+    monkeypatch.setattr(policy.model, "denoise", lambda *args: steps.append(1) or denoise(*args))
+    monkeypatch.setattr(policy.model, "plan", lambda *args: pytest.fail("the control must not plan"))
+    use_per_step_sampler(policy)
+    per_step = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(3))
+    assert len(steps) == policy.config.model.diffusion.num_sampling_steps
+    torch.testing.assert_close(per_step, planned, rtol=1e-5, atol=1e-5)
+
+
 def test_policy_inference_components_and_autocast_experiment(monkeypatch, capsys):
     from benchmarks import policy_step
 

@@ -153,3 +153,35 @@ def test_video_former_token_order_is_frame_major():
     x2[:, 2] += 1.0
     changed = (vf(x2) - out).abs().amax(-1)[0] > 1e-6
     assert changed.tolist() == [False] * 6 + [True] * 3 + [False] * 3
+
+
+def test_planned_decoding_equals_decode_at_every_step():
+    """plan_decoding (each step's AdaLN modulation, fused q/k/v weights, the context's cross-attention keys and
+    values) + decode_planned is decode's math at every step of a schedule, with the plan's tensors where decode
+    would compute them: sigma embeddings broadcast over the batch, keys and values in head layout."""
+    torch.manual_seed(0)
+    dit = DiffusionTransformer(embed_dim=32, n_heads=4, n_enc_layers=1, n_dec_layers=2, num_tokens=6,
+                               action_seq_len=3, obs_dim=32, goal_dim=8).eval()
+    ctx = dit.encode(torch.randn(2, 6, 32), torch.randn(2, 8))
+    sigmas = torch.tensor([80.0, 7.5, 0.9, 1.0e-3])
+    with torch.no_grad():
+        plan = dit.plan_decoding(ctx, sigmas)
+        assert len(plan.modulations) == 4 and len(plan.modulations[0]) == 2 and len(plan.cross_kv) == 2
+        assert all(m.shape == (1, 1, 32) for m in plan.modulations[3][1])
+        assert plan.cross_kv[0][0].shape == (2, 4, 7, 8) and plan.qkv[1][0].shape == (96, 32)
+        for step, sigma in enumerate(sigmas):
+            acts = torch.randn(2, 3, 7)
+            ref = dit.decode(ctx, acts, sigma.expand(2))
+            torch.testing.assert_close(dit.decode_planned(plan, step, acts), ref, rtol=1e-5, atol=1e-6)
+        # the plan follows its inputs: another context changes the cross-attention's keys and values only
+        other = dit.plan_decoding(ctx + 1.0, sigmas)
+        assert not torch.allclose(other.cross_kv[0][0], plan.cross_kv[0][0])
+        assert torch.equal(other.qkv[0][0], plan.qkv[0][0]) and torch.equal(other.modulations[2][0][0],
+                                                                         plan.modulations[2][0][0])
+
+
+def test_fused_qkv_self_attention_equals_separate_projections():
+    torch.manual_seed(0)
+    attn = Attention(32, 4, attn_pdrop=0.3, resid_pdrop=0.1, causal=True).eval()
+    x = torch.randn(3, 10, 32)
+    torch.testing.assert_close(attn.self_attend_fused(x, *attn.fused_qkv()), attn(x), rtol=1e-5, atol=1e-6)

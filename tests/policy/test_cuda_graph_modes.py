@@ -29,7 +29,8 @@ def _reference_chunk(policy, obs, texts, generator):
     x = torch.randn(len(texts), e.chunk_length, e.action_dim, generator=generator) * d.sigma_max
     context = policy.model.encode(tokens, goal)
     sigmas = get_sigmas(d.noise_scheduler, d.num_sampling_steps, d.sigma_min, d.sigma_max)
-    return get_sampler(d.sampler_type)(lambda x_t, s: policy.model.denoise(context, x_t, s), x, sigmas)
+    plan = policy.model.plan(context, sigmas[:-1])
+    return get_sampler(d.sampler_type)(lambda x_t, s, i: policy.model.denoise_planned(plan, i, x_t, s), x, sigmas)
 
 
 def test_eager_chunk_is_bitwise_the_reference_composition(policy):

@@ -58,20 +58,21 @@ def test_ddim_step_formula_and_final_step_returns_denoised():
     x0 = torch.randn(3, 5, 2)
     seen = []
 
-    def denoise(x, sigma):
-        seen.append((x.clone(), sigma.clone()))
+    def denoise(x, sigma, step):
+        seen.append((x.clone(), sigma.clone(), step))
         return torch.tanh(x) * 0.5 + sigma[:, None, None] * 0.01
 
     out = sample_ddim(denoise, x0, sigmas)
     # re-derive with r = sigma_{i+1} / sigma_i: x <- r x + (1 - r) D
     x = x0
     for i in range(len(sigmas) - 1):
-        d = denoise(x, sigmas[i] * torch.ones(3))
+        d = denoise(x, sigmas[i] * torch.ones(3), i)
         r = sigmas[i + 1] / sigmas[i]
         x = r * x + (1 - r) * d
     torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-6)
-    last_x, last_sigma = seen[len(sigmas) - 2]
+    last_x, last_sigma, _ = seen[len(sigmas) - 2]
     torch.testing.assert_close(out, torch.tanh(last_x) * 0.5 + last_sigma[:, None, None] * 0.01)
+    assert [step for _, _, step in seen[: len(sigmas) - 1]] == list(range(len(sigmas) - 1))
 
 
 def test_scalings_and_c_noise():

@@ -63,7 +63,7 @@ def test_encoder_reuse_equals_recomputing_the_encoder_each_step(tiny_policy):
     a = tiny_policy.sample_actions(tokens, goal, generator=torch.Generator().manual_seed(1))
     b = tiny_policy.sample_actions(tokens, goal, generator=torch.Generator().manual_seed(1), reuse_encoder=False)
     assert a.shape == (2, 10, 7)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # planned steps: the same math, other row groupings
 
 
 def test_compute_loss_backprops_only_into_trainable_weights(tiny_policy):
