@@ -55,6 +55,7 @@ from vpp_core.config import (
     save_config,
 )
 from vpp_core.ddp import ddp_kwargs_handlers
+from vpp_core.gc_freeze import FrozenHeap
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl, atomic_json_dump
 from vpp_core.memory import peak_memory_record
@@ -576,6 +577,12 @@ class Stage1Trainer:
 
     # ------------------------------------------------------------------------------------------------ training
     def train(self) -> TrainResult:
+        """Run the training loop up to `max_train_steps`, with the objects alive after the first step frozen
+        against Python's full garbage collections (vpp_core.gc_freeze)."""
+        with FrozenHeap() as heap:
+            return self._train(heap)
+
+    def _train(self, heap: FrozenHeap) -> TrainResult:
         from tqdm.auto import tqdm
 
         acc, cfg, args = self.accelerator, self.cfg, self.args
@@ -616,6 +623,7 @@ class Stage1Trainer:
                     continue
                 self.global_step += 1
                 steps_in_window += 1
+                heap.freeze_once()  # the first step compiled the layers; later steps make few lasting objects
                 bar.update(1)
                 if self.global_step % int(args.log_every) == 0 or self.global_step == max_steps:
                     mean_loss = float(acc.gather(torch.cat(window)).mean())

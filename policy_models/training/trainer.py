@@ -61,6 +61,7 @@ from policy_models.training.state import (
 from video_models.attention_kernels import use_short_query_kernels
 from vpp_core.config import ConfigError, compile_setting, flag_setting, resolve_compile_setting, resolve_flag
 from vpp_core.ddp import ddp_kwargs_handlers
+from vpp_core.gc_freeze import FrozenHeap
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl
 from vpp_core.memory import peak_memory_record
@@ -376,6 +377,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ main loop
     def fit(self) -> TrainResult:
+        """Train to `training.max_steps` / `max_epochs`, with the objects alive after the first step frozen against
+        Python's full garbage collections (vpp_core.gc_freeze)."""
+        with FrozenHeap() as heap:
+            return self._fit(heap)
+
+    def _fit(self, heap: FrozenHeap) -> TrainResult:
         cfg = self.cfg
         # "auto" (the full-size configs) compiles on CUDA, close to eager but not bit-identical (docs/PERFORMANCE.md):
         # the frozen VAE and U-Net passes (1.4x the step rate at batch 32 on an H100), and the trainable Video Former
@@ -513,6 +520,7 @@ class Trainer:
                     self.ema.update(trainable, step=self.state.step)
                 self.state.step += 1
                 self.state.batch_in_epoch += 1
+                heap.freeze_once()  # the first step compiled the action head; later steps make few lasting objects
                 self.state.samples_seen += len(batch["lang_text"]) * self.world
                 loss_sum += loss.detach().float()
                 for k, v in logs.items():

@@ -222,6 +222,21 @@ def test_make_prediction_and_quality_check(run_a, tiny_model_dirs, data_root, tm
     assert isinstance(report["ready"], bool) and (tmp_path / "eval" / "robo_grid.mp4").is_file()
 
 
+def test_training_freezes_the_heap_after_the_first_step(tiny_model_dirs, data_root, tmp_path, monkeypatch):
+    """Python's full collections skip what is alive after the first step (compiled code, the model), and the
+    collector is back to normal once train() returns (vpp_core.gc_freeze)."""
+    import gc
+
+    cfg = load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path, max_train_steps=2,
+                                           checkpointing_steps=100, validation_steps=100))
+    trainer = Stage1Trainer(cfg)
+    events = []
+    monkeypatch.setattr(gc, "freeze", lambda: events.append(("freeze", trainer.global_step)))
+    monkeypatch.setattr(gc, "unfreeze", lambda: events.append(("unfreeze", trainer.global_step)))
+    trainer.train()
+    assert events == [("freeze", 1), ("unfreeze", 2)]
+
+
 def test_two_trainers_with_different_precision_in_one_process(tiny_model_dirs, data_root, tmp_path):
     """accelerate's process-wide state must not stop a second run with another precision (notebooks, test suites)."""
     first = Stage1Trainer(

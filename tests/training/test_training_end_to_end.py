@@ -85,6 +85,25 @@ def test_tiny_calvin_train_resume_load_predict(calvin_root_session, tiny_model_d
     assert not torch.equal(ema_policy.model.inner_model.action_pred.weight, policy.model.inner_model.action_pred.weight)
 
 
+def test_training_freezes_the_heap_after_the_first_step(calvin_root_session, tiny_model_dirs, tmp_path, monkeypatch):
+    """Python's full collections skip what is alive after the first step (compiled code, the models), and the
+    collector is back to normal once training returns (vpp_core.gc_freeze)."""
+    import gc
+
+    from policy_models.training.trainer import Trainer
+
+    svd, clip = tiny_model_dirs
+    cfg = _cfg("tiny_calvin.yaml", tmp_path / "run", f"root_data_dir={calvin_root_session}",
+               f"video_model_path={svd}", f"text_encoder_path={clip}", "training.max_steps=2",
+               "training.validate_every_epochs=0", "training.checkpoint_every_epoch=false")
+    trainer = Trainer(cfg, dataset_factory=_data(4))
+    events = []
+    monkeypatch.setattr(gc, "freeze", lambda: events.append(("freeze", trainer.state.step)))
+    monkeypatch.setattr(gc, "unfreeze", lambda: events.append(("unfreeze", trainer.state.step)))
+    assert trainer.fit().step == 2
+    assert events == [("freeze", 1), ("unfreeze", 2)]
+
+
 def test_tiny_xbot_train_and_predict(tiny_model_dirs, tmp_path):
     from policy_models.checkpoints import load_policy
     from policy_models.datasets.synthetic import write_synthetic_xbot
