@@ -248,3 +248,22 @@ def _host_ops_during(host_ops: list[Interval], start: float, end: float, top: in
         if overlap >= (end - start) / 3:
             covering.append((op_end - op_start, name))
     return [{"name": name[:80], "us": round(length, 1)} for length, name in sorted(covering)[:top]]
+
+
+def per_position_temporal_context(unet: torch.nn.Module) -> int:
+    """Measurement control: diffusers' own `TransformerSpatioTemporalModel.forward` and SDPA processor again, which
+    copy the temporal cross-attention's text context for every position and project each copy (as before session
+    14; video_models.temporal_context). Call it before checkpointing or compiling the U-Net. Returns how many
+    transformers were changed."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from video_models.temporal_context import uses_shared_temporal_context
+
+    changed = 0
+    for module in unet.modules():
+        if uses_shared_temporal_context(module):
+            del module.__dict__["forward"]
+            for block in module.temporal_transformer_blocks:
+                block.attn2.set_processor(AttnProcessor2_0())
+            changed += 1
+    return changed

@@ -36,6 +36,7 @@ from benchmarks.common import (
     host_syncs,
     kernel_profile,
     peak_memory_gib,
+    per_position_temporal_context,
     time_fn,
 )
 from video_models.attention_kernels import use_short_query_kernels
@@ -194,6 +195,9 @@ def main() -> None:
     parser.add_argument("--short-query-kernels", action="store_true",
                         help="the frozen U-Net's attention with queries of at most 64 tokens on the memory-efficient "
                              "kernel (video_models.attention_kernels; other rounding)")
+    parser.add_argument("--per-position-temporal-context", action="store_true",
+                        help="measurement: the U-Net's temporal cross-attention projects the text context once per "
+                             "position, as diffusers' forward does (before session 14), not once per clip")
     add_backend_arguments(parser)
     args = parser.parse_args()
 
@@ -203,6 +207,8 @@ def main() -> None:
     configure_backends(args)
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     policy = build_random_policy(device, args.size, dtypes[args.video_dtype])
+    if args.per_position_temporal_context:
+        per_position_temporal_context(policy.tvp_encoder.unet)
     if args.channels_last:
         policy.tvp_encoder.set_conv_weight_layout(channels_last=True)
     from torch._inductor import config as inductor_config

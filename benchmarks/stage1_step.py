@@ -35,6 +35,7 @@ from benchmarks.common import (
     kernel_profile,
     peak_memory_gib,
     peak_reserved_gib,
+    per_position_temporal_context,
     time_fn,
 )
 from video_models.attention_kernels import use_short_query_kernels
@@ -174,6 +175,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--per-position-temporal-context", action="store_true",
+                        help="measurement: the U-Net's temporal cross-attention projects the text context once per "
+                             "position, as diffusers' forward does (before session 14), not once per clip")
     add_backend_arguments(parser)
     args = parser.parse_args()
     if args.bf16_weights and args.precision == "fp16":
@@ -205,6 +209,8 @@ def main() -> None:
     else:
         unet_cfg, latent = None, 32  # 256 x 256 video, as step1_train_svd.py trains it
     unet = build_unet(unet_cfg).to(device).train()
+    if args.per_position_temporal_context:
+        per_position_temporal_context(unet)
     if args.bf16_weights:
         unet = unet.to(torch.bfloat16)
     configure_gradient_checkpointing(unet, args.checkpointing)

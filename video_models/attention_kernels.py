@@ -15,6 +15,8 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from video_models.temporal_context import SharedContextAttnProcessor
+
 # queries of at most this many tokens (the 16 frames of temporal attention; 64 = the U-Net's 8 x 8 level) use
 # SHORT_QUERY_BACKENDS: the measured crossover lies between 64 and 256 tokens
 SHORT_QUERY_LENGTH = 64
@@ -42,8 +44,11 @@ class ShortQueryKernelProcessor(AttnProcessor2_0):
 
 def use_short_query_kernels(model: torch.nn.Module, max_length: int = SHORT_QUERY_LENGTH) -> int:
     """Give every attention layer of `model` a `ShortQueryKernelProcessor`; returns how many layers were changed.
-    Layers with another processor than diffusers' default SDPA one are refused, so nothing is replaced silently."""
-    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    The temporal cross-attention layers with the shared-context processor keep it: their queries are long (every
+    position's frames of a clip, video_models.temporal_context). Layers with another processor than diffusers'
+    default SDPA one are refused, so nothing is replaced silently."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)
+              and not isinstance(m.processor, SharedContextAttnProcessor)]
     others = {type(m.processor).__name__ for m in layers if type(m.processor) not in (AttnProcessor2_0,
                                                                                        ShortQueryKernelProcessor)}
     if others:

@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from video_models.temporal_context import share_temporal_context
 from video_models.tiny_tokenizer import build_tiny_clip_tokenizer
 
 # The scheduler of the SVD img2vid folder that the released models inherit (vpp_reference §3.7).
@@ -81,9 +82,12 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_unet(cfg: DictConfig | dict | None = None) -> UNetSpatioTemporalConditionModel:
-    """An SVD U-Net; empty config = the full-size SVD architecture (1.52 B parameters) with sample_size 96."""
+    """An SVD U-Net; empty config = the full-size SVD architecture (1.52 B parameters) with sample_size 96. Its
+    temporal cross-attention projects the text once per clip (video_models.temporal_context), as loaded ones do."""
     kwargs = {"sample_size": 96, **_tuples(_plain(cfg))}
-    return UNetSpatioTemporalConditionModel(**kwargs)
+    unet = UNetSpatioTemporalConditionModel(**kwargs)
+    share_temporal_context(unet)
+    return unet
 
 
 def build_vae(cfg: DictConfig | dict | None = None) -> AutoencoderKLTemporalDecoder:
@@ -225,9 +229,11 @@ def check_video_model_folder(path: str | Path) -> Path:
 def load_video_model(
     path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[UNetSpatioTemporalConditionModel, AutoencoderKLTemporalDecoder, EulerDiscreteScheduler]:
-    """Load unet/, vae/ and scheduler/ of a released or trained SVD folder (the image encoder is never needed)."""
+    """Load unet/, vae/ and scheduler/ of a released or trained SVD folder (the image encoder is never needed). The
+    U-Net's temporal cross-attention projects the text once per clip (video_models.temporal_context)."""
     path = check_video_model_folder(path)
     unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+    share_temporal_context(unet)
     vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
     scheduler = EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
     return unet.to(device), vae.to(device), scheduler

@@ -8,6 +8,7 @@ import torch
 
 from policy_evaluation.policy_factory import CheckpointPolicyFactory
 from video_models.attention_kernels import ShortQueryKernelProcessor
+from video_models.temporal_context import SharedContextAttnProcessor
 
 pytestmark = pytest.mark.gpu
 
@@ -35,7 +36,7 @@ def test_default_evaluation_policy_matches_eager_on_cuda(save_tiny_checkpoint, t
     eager = CheckpointPolicyFactory(**common)("cuda")
     assert fast.video_compile_mode == "default" and fast.action_head_compile_mode == "default"
     processors = {type(m.processor) for m in fast.tvp_encoder.unet.modules() if hasattr(m, "processor")}
-    assert processors == {ShortQueryKernelProcessor}
+    assert processors == {ShortQueryKernelProcessor, SharedContextAttnProcessor}
     assert eager.video_compile_mode is None and ShortQueryKernelProcessor not in {
         type(m.processor) for m in eager.tvp_encoder.unet.modules() if hasattr(m, "processor")}
     _chunks(fast)  # the first calls compile

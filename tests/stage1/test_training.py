@@ -337,11 +337,13 @@ def test_traced_training_forward_matches_eager(tiny_model_dirs, data_root, tmp_p
 
 
 def test_short_query_attention_setting(tiny_model_dirs, data_root, tmp_path):
-    """`short_query_attention: true` gives every attention layer of the U-Net the short-query kernel processor;
-    "auto" (the full-size configs) leaves the CPU on diffusers' processor; other values are config errors."""
+    """`short_query_attention: true` gives every attention layer of the U-Net the short-query kernel processor but
+    the temporal cross-attention's shared-context one; "auto" (the full-size configs) leaves the CPU on diffusers'
+    processor; other values are config errors."""
     from diffusers.models.attention_processor import Attention
 
     from video_models.attention_kernels import ShortQueryKernelProcessor
+    from video_models.temporal_context import SharedContextAttnProcessor
 
     def processors(trainer: Stage1Trainer) -> set[str]:
         unet = trainer.accelerator.unwrap_model(trainer.unet)
@@ -349,13 +351,14 @@ def test_short_query_attention_setting(tiny_model_dirs, data_root, tmp_path):
 
     on = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "on",
                                                         short_query_attention="true")))
-    assert on.short_query_attention and processors(on) == {ShortQueryKernelProcessor.__name__}
+    shared = SharedContextAttnProcessor.__name__
+    assert on.short_query_attention and processors(on) == {ShortQueryKernelProcessor.__name__, shared}
     loss = on.loss(next(iter(on.train_loader)))
     on.accelerator.backward(loss)
     assert torch.isfinite(loss)
     auto = Stage1Trainer(load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "auto",
                                                           short_query_attention="auto")))
-    assert not auto.short_query_attention and processors(auto) == {"AttnProcessor2_0"}
+    assert not auto.short_query_attention and processors(auto) == {"AttnProcessor2_0", shared}
     bad = tiny_overrides(*tiny_model_dirs, data_root, tmp_path, short_query_attention="sometimes")
     with pytest.raises(ConfigError, match="short_query_attention must be true, false or auto"):
         resolve_train_config(load_config(TINY, bad))
