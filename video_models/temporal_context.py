@@ -103,6 +103,7 @@ def _shared_context_forward(self: TransformerSpatioTemporalModel, hidden_states:
 
 
 def uses_shared_temporal_context(model: torch.nn.Module) -> bool:
+    """Whether `model` is a transformer whose forward `share_temporal_context` replaced."""
     return getattr(getattr(model, "forward", None), "__func__", None) is _shared_context_forward
 
 
