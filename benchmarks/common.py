@@ -250,6 +250,14 @@ def _host_ops_during(host_ops: list[Interval], start: float, end: float, top: in
     return [{"name": name[:80], "us": round(length, 1)} for length, name in sorted(covering)[:top]]
 
 
+def add_temporal_context_argument(parser) -> None:
+    """`--per-position-temporal-context`, for the harnesses that build the SVD U-Net (`per_position_temporal_context`
+    applies it)."""
+    parser.add_argument("--per-position-temporal-context", action="store_true",
+                        help="measurement: the U-Net's temporal cross-attention projects the text context once per "
+                             "position, as diffusers' forward does (before session 14), not once per clip")
+
+
 def per_position_temporal_context(unet: torch.nn.Module) -> int:
     """Measurement control: diffusers' own `TransformerSpatioTemporalModel.forward` and SDPA processor again, which
     copy the temporal cross-attention's text context for every position and project each copy (as before session

@@ -30,6 +30,7 @@ from benchmarks.chunk_components import component_times
 from benchmarks.common import (
     SMALL_VIDEO_CONFIGS,
     add_backend_arguments,
+    add_temporal_context_argument,
     configure_backends,
     emit,
     environment,
@@ -195,9 +196,7 @@ def main() -> None:
     parser.add_argument("--short-query-kernels", action="store_true",
                         help="the frozen U-Net's attention with queries of at most 64 tokens on the memory-efficient "
                              "kernel (video_models.attention_kernels; other rounding)")
-    parser.add_argument("--per-position-temporal-context", action="store_true",
-                        help="measurement: the U-Net's temporal cross-attention projects the text context once per "
-                             "position, as diffusers' forward does (before session 14), not once per clip")
+    add_temporal_context_argument(parser)
     add_backend_arguments(parser)
     args = parser.parse_args()
 

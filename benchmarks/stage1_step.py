@@ -28,6 +28,7 @@ import torch
 from benchmarks.common import (
     SMALL_VIDEO_CONFIGS,
     add_backend_arguments,
+    add_temporal_context_argument,
     configure_backends,
     emit,
     environment,
@@ -175,9 +176,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--per-position-temporal-context", action="store_true",
-                        help="measurement: the U-Net's temporal cross-attention projects the text context once per "
-                             "position, as diffusers' forward does (before session 14), not once per clip")
+    add_temporal_context_argument(parser)
     add_backend_arguments(parser)
     args = parser.parse_args()
     if args.bf16_weights and args.precision == "fp16":
