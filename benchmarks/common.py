@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from vpp_core.config import FLOAT32_MATMUL_PRECISIONS
 from vpp_core.memory import peak_memory_record
 
 
@@ -97,6 +98,9 @@ def add_backend_arguments(parser) -> None:
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark = True: time every convolution algorithm once per shape "
                              "and keep the fastest (same math, other kernels)")
+    parser.add_argument("--float32-matmul-precision", default="high", choices=FLOAT32_MATMUL_PRECISIONS,
+                        help="torch.set_float32_matmul_precision for the float32 matrix products (the action head): "
+                             "high = TF32, the evaluator's and the trainers' default; highest = full float32")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also run the timed function under torch.profiler and report its N most expensive "
                              "GPU kernels (not part of the timing)")
@@ -112,7 +116,7 @@ def add_backend_arguments(parser) -> None:
 
 
 def configure_backends(args) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision(args.float32_matmul_precision)
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     if args.sdpa_backends is not None:

@@ -114,7 +114,8 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
     """Largest |difference| between the chunks of the benchmarked settings and eager ones, for the same noise: drawn
     from an explicit generator (noise made outside any graph) and from the default generator after the same
     `torch.manual_seed` (noise drawn inside the chunk graph). Graph modes are exact (0.0); compiled passes are close.
-    With cuDNN autotuning on, the graph is also compared with eager under cuDNN's default algorithm choice.
+    With cuDNN autotuning on, the graph is also compared with eager under cuDNN's default algorithm choice; with float32
+    matrix products below full precision (TF32, the default), with the uncompiled eager chunk in full float32.
     `fast_context` wraps the benchmarked settings' calls only (an autocast under test); eager runs without it."""
 
     def chunks() -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,9 +131,15 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
     eager = chunks()
     out = {f"max_abs_diff_vs_eager_{k}": float((a - b).abs().max()) for k, a, b in
            zip(("same_generator", "same_seed"), fast, eager)}
-    if compile_mode is not None or head_mode is not None:
+    precision = torch.get_float32_matmul_precision()
+    if compile_mode is not None or head_mode is not None or precision != "highest":
         policy.compile_for_inference(None)
-        out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
+        if compile_mode is not None or head_mode is not None:
+            out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
+        if precision != "highest":  # the reference in full float32, as the original evaluation ran the action head
+            torch.set_float32_matmul_precision("highest")
+            out["max_abs_diff_vs_full_fp32_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
+            torch.set_float32_matmul_precision(precision)
         policy.compile_video_model(compile_mode)
         policy.compile_action_head(head_mode)
     if torch.backends.cudnn.benchmark:

@@ -387,10 +387,15 @@ def stats_of(policy: Any):
 
 def load_server_policy(checkpoint: str, video_model_path: str | None = None, clip_model_path: str | None = None,
                        device: str = "cuda", use_ema: bool = False, cudnn_benchmark: bool = False,
-                       compile_mode: str | None = None):
-    """The policy of a stage-2 checkpoint folder (or a run folder with a ``last`` pointer), stats attached."""
+                       compile_mode: str | None = None, float32_matmul_precision: str = "high"):
+    """The policy of a stage-2 checkpoint folder (or a run folder with a ``last`` pointer), stats attached.
+    `float32_matmul_precision` is set for the whole process (torch.set_float32_matmul_precision): "high" runs the
+    float32 action head on TF32 tensor cores."""
     import importlib
 
+    import torch
+
+    torch.set_float32_matmul_precision(float32_matmul_precision)  # before the first chunk's graph captures it
     load_policy = importlib.import_module("policy_models.checkpoints").load_policy  # heavy: only when serving a model
     policy = load_policy(checkpoint, video_model_path=video_model_path, clip_model_path=clip_model_path,
                          device=device, use_ema=use_ema)
@@ -402,7 +407,7 @@ def load_server_policy(checkpoint: str, video_model_path: str | None = None, cli
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
-    from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS
+    from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS, FLOAT32_MATMUL_PRECISIONS
 
     p.add_argument("--checkpoint", help="stage-2 checkpoint folder (config.yaml, model.safetensors, stats.json)")
     p.add_argument("--video_model_path", default=None, help="stage-1 video model folder (default: from the config)")
@@ -414,6 +419,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES_WITHOUT_CUDA_GRAPHS,
                    metavar="MODE", help="torch.compile the video model's passes and the action head (MODE: default or "
                    "max-autotune-no-cudagraphs; faster chunks, close to eager but not bit-identical)")
+    p.add_argument("--float32_matmul_precision", default="high", choices=FLOAT32_MATMUL_PRECISIONS,
+                   help="float32 matrix products of the action head: high = TF32 tensor cores (default), highest = "
+                   "full float32, medium = bfloat16")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=os.environ.get("VPP_POLICY_TOKEN"),
@@ -436,7 +444,7 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         policy = load_server_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
-                                    args.use_ema, args.cudnn_benchmark, args.compile)
+                                    args.use_ema, args.cudnn_benchmark, args.compile, args.float32_matmul_precision)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,

@@ -51,7 +51,7 @@ def _repo_path(p: str | Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     from policy_evaluation.baselines import BASELINES
-    from vpp_core.config import AUTO, COMPILE_MODES_WITHOUT_CUDA_GRAPHS
+    from vpp_core.config import AUTO, COMPILE_MODES_WITHOUT_CUDA_GRAPHS, FLOAT32_MATMUL_PRECISIONS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video_model_path", help="stage-1 video model folder (default: the checkpoint config's)")
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar="MODE", help="torch.compile the video model's passes and the action head (MODE: auto = "
                     "default on CUDA, the yaml's default; none; default; max-autotune-no-cudagraphs). Faster chunks, "
                     "close to eager but not bit-identical")
+    ap.add_argument("--float32_matmul_precision", choices=FLOAT32_MATMUL_PRECISIONS,
+                    help="float32 matrix products of the action head: high = TF32 tensor cores (the yaml's default), "
+                    "highest = full float32, medium = bfloat16")
     egl = ap.add_mutually_exclusive_group()
     egl.add_argument("--egl", dest="use_egl", action="store_true", default=None, help="force EGL rendering")
     egl.add_argument("--no_egl", dest="use_egl", action="store_false", help="pybullet's CPU TinyRenderer")
@@ -173,7 +176,7 @@ def main_evaluate(argv: list[str]) -> int:
         single_task_suite,
     )
     from policy_evaluation.suites import SuiteError, calvin_suite, parse_sim_tasks, sim_suite
-    from vpp_core.config import ConfigError, compile_setting, flag_setting
+    from vpp_core.config import ConfigError, compile_setting, flag_setting, matmul_precision_setting
 
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config)
@@ -188,6 +191,8 @@ def main_evaluate(argv: list[str]) -> int:
         # checked before any env or process starts; "auto" resolves per worker, on its device
         compile_mode = compile_setting(pick("compile"), "compile")
         short_query = flag_setting(pick("short_query_attention", False), "short_query_attention")
+        matmul_precision = matmul_precision_setting(pick("float32_matmul_precision", "highest"),
+                                                    "float32_matmul_precision")
         sim_tasks = parse_sim_tasks(pick("sim_tasks"))
         if env != "sim" and sim_tasks:
             raise EvaluationError("--sim_tasks needs --env sim")
@@ -238,6 +243,7 @@ def main_evaluate(argv: list[str]) -> int:
                 cudnn_benchmark=bool(pick("cudnn_benchmark", False)),
                 compile_mode=compile_mode,
                 short_query_attention=short_query,
+                float32_matmul_precision=matmul_precision,
             )
         output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
             args.action_model_folder or BASELINE_OUTPUT_ROOT, env, factory.name, shard, sim_tasks, trials

@@ -60,6 +60,9 @@ class CheckpointPolicyFactory:
     cudnn_benchmark: bool = False
     compile_mode: str | None = None  # None, "auto" (compiled on CUDA) or a torch.compile mode
     short_query_attention: bool | str = False  # True, False or "auto" (on CUDA)
+    # torch.set_float32_matmul_precision for the float32 action head, process-wide: "highest" (full float32), "high"
+    # (TF32, the evaluation yaml's default) or "medium"
+    float32_matmul_precision: str = "highest"
 
     @property
     def name(self) -> str:
@@ -72,6 +75,8 @@ class CheckpointPolicyFactory:
                     "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compile_mode}
         if self.short_query_attention is not False:  # evaluations from before the setting resume with it off
             settings["short_query_attention"] = self.short_query_attention
+        if self.float32_matmul_precision != "highest":  # likewise: older evaluations ran at full float32
+            settings["float32_matmul_precision"] = self.float32_matmul_precision
         return settings
 
     def __call__(self, device: str):
@@ -81,6 +86,7 @@ class CheckpointPolicyFactory:
         from video_models.attention_kernels import use_short_query_kernels
         from vpp_core.config import resolve_compile_setting, resolve_flag
 
+        torch.set_float32_matmul_precision(self.float32_matmul_precision)  # before compiling: graphs capture it
         policy = load_policy(
             self.checkpoint_dir,
             video_model_path=self.video_model_path,

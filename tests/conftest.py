@@ -27,6 +27,15 @@ def tiny_model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return make_tiny_video_model_folders(tmp_path_factory.mktemp("tiny_models"))
 
 
+@pytest.fixture(autouse=True)
+def restore_float32_matmul_precision():
+    """The evaluator, the server and the harnesses set torch's float32 matmul precision for their whole process; a
+    test that runs them must not hand its setting on to the tests after it."""
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
 @pytest.fixture
 def reference_data() -> Path:
     if not REFERENCE_DATA.is_dir():

@@ -62,6 +62,20 @@ def resolve_flag(setting: bool | str, device_type: str) -> bool:
     return device_type == "cuda" if setting == AUTO else bool(setting)
 
 
+# torch.set_float32_matmul_precision values. "highest" multiplies float32 matrices in full float32; "high" lets them
+# use TF32 tensor cores (10-bit mantissa, as float16's), "medium" bfloat16. The action head runs in float32, so this
+# decides its speed at inference; the original trained it with "medium" (vpp_reference §6.12).
+FLOAT32_MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def matmul_precision_setting(value: object, key: str) -> str:
+    """A float32 matmul precision from a config file or flag, checked before anything is built; anything else is an
+    error naming `key`."""
+    if value in FLOAT32_MATMUL_PRECISIONS:
+        return str(value)
+    raise ConfigError(f"{key} must be one of {list(FLOAT32_MATMUL_PRECISIONS)}, got {value!r}")
+
+
 def normalize_overrides(args: Sequence[str]) -> list[str]:
     """Turn `--a.b value`, `--a.b=value` and `a.b=value` into OmegaConf dot-list entries `a.b=value`."""
     dotlist: list[str] = []

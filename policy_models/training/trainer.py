@@ -59,7 +59,14 @@ from policy_models.training.state import (
     write_pointer,
 )
 from video_models.attention_kernels import use_short_query_kernels
-from vpp_core.config import ConfigError, compile_setting, flag_setting, resolve_compile_setting, resolve_flag
+from vpp_core.config import (
+    ConfigError,
+    compile_setting,
+    flag_setting,
+    matmul_precision_setting,
+    resolve_compile_setting,
+    resolve_flag,
+)
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.gc_freeze import FrozenHeap
 from vpp_core.input_wait import InputWaitMeter
@@ -171,8 +178,8 @@ class Trainer:
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
         self.is_main = self.acc.is_main_process
-        prec = _sel(cfg, "training.float32_matmul_precision", "high")
-        torch.set_float32_matmul_precision(str(prec))
+        key = "training.float32_matmul_precision"
+        torch.set_float32_matmul_precision(matmul_precision_setting(_sel(cfg, key, "high"), key))
 
     def _resolve_run_dir(self) -> tuple[Path, Path | None]:
         """(run_dir, checkpoint to resume from or None), decided on the main process and shared."""

@@ -95,7 +95,15 @@ def test_policy_inference_times_eval_mode_and_reports_cudnn_exactness(monkeypatc
     assert 0 < out["time"]["host_median_ms"] <= out["time"]["median_ms"]  # the host part of each call
     # the CPU has no cuDNN, so the comparison with cuDNN's default choice must come out exact
     assert out["exactness"]["max_abs_diff_vs_default_cudnn_eager_same_generator"] == 0.0
+    # compared with full float32 as well, which the CPU's matrix products are anyway
+    assert out["exactness"]["max_abs_diff_vs_full_fp32_eager_same_generator"] == 0.0
     assert torch.backends.cudnn.benchmark is True  # the harness restores the setting it benchmarked with
+    # TF32 for the float32 action head, the evaluator's default, unless the run asks for full float32
+    assert out["settings"]["float32_matmul_precision"] == "high" and torch.get_float32_matmul_precision() == "high"
+    out = run_harness(policy_step, ["--tiny", "--device", "cpu", "--mode", "inference", "--warmup", "0", "--iters", "1",
+                                    "--float32-matmul-precision", "highest"], monkeypatch, capsys)
+    assert out["settings"]["float32_matmul_precision"] == "highest"
+    assert torch.get_float32_matmul_precision() == "highest"
 
 
 def test_device_timeline_separates_busy_time_from_idle_gaps():

@@ -16,6 +16,7 @@ from vpp_core.config import (
     compile_setting,
     flag_setting,
     load_config,
+    matmul_precision_setting,
     resolve_compile_setting,
     resolve_flag,
 )
@@ -89,6 +90,15 @@ def test_evaluation_config_compiles_on_cuda():
     cfg = yaml.safe_load((REPO / "policy_conf" / "calvin_evaluate.yaml").read_text())
     assert compile_setting(cfg["compile"], "compile") == "auto"
     assert resolve_flag(flag_setting(cfg["short_query_attention"], "short_query_attention"), "cuda") is True
+    # the float32 action head on TF32 tensor cores, as the trainers and the benchmark harnesses run it
+    assert matmul_precision_setting(cfg["float32_matmul_precision"], "float32_matmul_precision") == "high"
+
+
+def test_matmul_precision_setting_is_checked():
+    assert [matmul_precision_setting(v, "k") for v in ("highest", "high", "medium")] == ["highest", "high", "medium"]
+    for bad in ("tf32", None, True):
+        with pytest.raises(ConfigError, match="float32_matmul_precision must be one of"):
+            matmul_precision_setting(bad, "float32_matmul_precision")
 
 
 def test_ddp_gradients_are_views_into_the_allreduce_buckets(tmp_path):

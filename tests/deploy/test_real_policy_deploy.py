@@ -93,5 +93,25 @@ def test_server_compile_flag_compiles_the_loaded_policy(xbot_checkpoint, monkeyp
     add_server_args(parser)
     assert parser.parse_args(["--compile"]).compile == "default"
     assert parser.parse_args([]).compile is None
+
+
+def test_server_sets_the_float32_matmul_precision(xbot_checkpoint, monkeypatch):
+    """TF32 for the float32 action head unless asked otherwise, set for the server's process before the policy is
+    built."""
+    import argparse
+
+    from deploy.server import add_server_args
+
+    _, ckpt, svd, clip, _ = xbot_checkpoint
+    seen = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", seen.append)
+    load_server_policy(str(ckpt), str(svd), str(clip), device="cpu")
+    load_server_policy(str(ckpt), str(svd), str(clip), device="cpu", float32_matmul_precision="highest")
+    assert seen == ["high", "highest"]
+    parser = argparse.ArgumentParser()
+    add_server_args(parser)
+    assert parser.parse_args([]).float32_matmul_precision == "high"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--float32_matmul_precision", "tf32"])
     with pytest.raises(SystemExit):  # inductor's own CUDA graphs would clash with the whole-chunk graph
         parser.parse_args(["--compile", "reduce-overhead"])

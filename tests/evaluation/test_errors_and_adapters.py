@@ -4,6 +4,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from policy_evaluation import calvin_env_adapter as cea
 from policy_evaluation import calvin_evaluate
@@ -100,6 +101,22 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
     assert "short_query_attention" not in CheckpointPolicyFactory("/x").settings
 
 
+def test_policy_factory_sets_the_float32_matmul_precision(monkeypatch):
+    """Set for the worker's process before the policy is built (graphs captured later keep what it chose); recorded
+    unless it is full float32, which evaluations from before the setting ran with."""
+    import policy_models.checkpoints
+
+    monkeypatch.setattr(policy_models.checkpoints, "load_policy", lambda *args, **kwargs: SimpleNamespace(
+        use_fastest_exact_inference=lambda cudnn_benchmark=False: None))
+    seen = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", seen.append)
+    CheckpointPolicyFactory("/x", float32_matmul_precision="high")("cpu")
+    CheckpointPolicyFactory("/x")("cpu")
+    assert seen == ["high", "highest"]
+    assert CheckpointPolicyFactory("/x", float32_matmul_precision="high").settings["float32_matmul_precision"] == "high"
+    assert "float32_matmul_precision" not in CheckpointPolicyFactory("/x").settings
+
+
 def test_compile_setting_is_validated(tmp_path, capsys):
     parser = calvin_evaluate.build_parser()
     assert parser.parse_args(["--baseline", "random", "--compile"]).compile == "default"
@@ -112,6 +129,11 @@ def test_compile_setting_is_validated(tmp_path, capsys):
     bad.write_text("short_query_attention: sometimes\n")
     assert calvin_evaluate.main(["--baseline", "random", "--env", "sim", "--config", str(bad)]) == 2
     assert "short_query_attention must be true, false or auto" in capsys.readouterr().err
+    bad.write_text("float32_matmul_precision: tf32\n")
+    assert calvin_evaluate.main(["--baseline", "random", "--env", "sim", "--config", str(bad)]) == 2
+    assert "float32_matmul_precision must be one of ['highest', 'high', 'medium']" in capsys.readouterr().err
+    assert parser.parse_args(["--baseline", "random", "--float32_matmul_precision", "highest"]
+                             ).float32_matmul_precision == "highest"
 
 
 def test_cli_errors(tmp_path, capsys):
