@@ -135,9 +135,9 @@ def main(argv=None) -> dict:
     names = ["calvin", "xbot"] if args.payload == "both" else [args.payload]
     for name in names:
         if args.checkpoint:
-            from deploy.server import load_server_policy
+            from deploy.server import load_inference_policy
 
-            policy = load_server_policy(args.checkpoint, args.video_model_path, args.clip_model_path, args.device)
+            policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, args.device)
         elif args.policy == "tiny":
             policy = _tiny_policy(PAYLOADS[name], args.device)
         else:

@@ -385,10 +385,12 @@ def stats_of(policy: Any):
     return Stats.from_dict(dict(stats), source=f"{where}/stats.json" if where else "policy.stats")
 
 
-def load_server_policy(checkpoint: str, video_model_path: str | None = None, clip_model_path: str | None = None,
-                       device: str = "cuda", use_ema: bool = False, cudnn_benchmark: bool = False,
-                       compile_mode: str | None = None, float32_matmul_precision: str = "high"):
-    """The policy of a stage-2 checkpoint folder (or a run folder with a ``last`` pointer), stats attached.
+def load_inference_policy(checkpoint: str, video_model_path: str | None = None, clip_model_path: str | None = None,
+                          device: str = "cuda", use_ema: bool = False, cudnn_benchmark: bool = False,
+                          compile_mode: str | None = None, float32_matmul_precision: str = "high", dtype: Any = None):
+    """The policy of a stage-2 checkpoint folder (or a run folder with a ``last`` pointer), stats attached, on the
+    inference fast path the server and the in-process agent share: on CUDA each chunk replays as one CUDA graph
+    (bit-identical to eager), and `compile_mode` (opt-in) compiles the video passes and the action head.
     `float32_matmul_precision` is set for the whole process (torch.set_float32_matmul_precision): "high" runs the
     float32 action head on TF32 tensor cores."""
     import importlib
@@ -398,8 +400,9 @@ def load_server_policy(checkpoint: str, video_model_path: str | None = None, cli
     torch.set_float32_matmul_precision(float32_matmul_precision)  # before the first chunk's graph captures it
     load_policy = importlib.import_module("policy_models.checkpoints").load_policy  # heavy: only when serving a model
     policy = load_policy(checkpoint, video_model_path=video_model_path, clip_model_path=clip_model_path,
-                         device=device, use_ema=use_ema)
-    # inference runs under the server's lock, so the first request's graph capture overlaps no other CUDA work
+                         device=device, use_ema=use_ema, dtype=dtype)
+    # the graph is captured on the first chunk: the server runs inference under its lock and the agent in its caller's
+    # thread, so that capture overlaps no other CUDA work of the process
     policy.use_fastest_exact_inference(cudnn_benchmark=cudnn_benchmark)
     if compile_mode is not None:
         policy.compile_for_inference(compile_mode)
@@ -443,7 +446,7 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        policy = load_server_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
+        policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
                                     args.use_ema, args.cudnn_benchmark, args.compile, args.float32_matmul_precision)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from deploy.images import letterbox_4x3
-from deploy.server import embodiment_value, stats_of
+from deploy.server import embodiment_value, load_inference_policy, stats_of
 from policy_models.normalization import Stats, absolute_actions, check_relative_mode
 
 IMAGE_SIZE = 256  # step1_prepare_latent wrote 256 x 256 training videos (bilinear, no antialias, after letterboxing)
@@ -35,21 +35,23 @@ class XbotAgent:
         policy: an already built policy (``predict_action_chunk`` + ``embodiment``); skips loading (tests).
         stats: a :class:`Stats`, a dict or a path; default ``{checkpoint_dir}/stats.json``.
         letterbox: pad uint8 frames to 4:3 before resizing, as the training videos were (default True).
+        compile_mode / float32_matmul_precision: as the policy server's ``--compile`` / ``--float32_matmul_precision``
+            (a loaded checkpoint runs the server's fast path: on CUDA one CUDA graph per chunk, TF32 by default;
+            compiling is opt-in, since the first chunk would otherwise pay minutes of compilation).
     """
 
     def __init__(self, checkpoint_dir: str | Path | None = None, video_model_path: str | None = None,
                  clip_model_path: str | None = None, device: str | None = None, *, policy: Any = None,
                  stats: Stats | dict | str | Path | None = None, use_ema: bool = False, dtype: Any = None,
-                 letterbox: bool = True):
+                 letterbox: bool = True, compile_mode: str | None = None, float32_matmul_precision: str = "high"):
         if device is None:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         if policy is None:
             if checkpoint_dir is None:
                 raise ValueError("XbotAgent needs checkpoint_dir (or an injected policy=)")
-            from policy_models.checkpoints import load_policy
-
-            policy = load_policy(str(checkpoint_dir), video_model_path=video_model_path,
-                                 clip_model_path=clip_model_path, device=device, dtype=dtype, use_ema=use_ema)
+            policy = load_inference_policy(str(checkpoint_dir), video_model_path, clip_model_path, device,
+                                           use_ema=use_ema, compile_mode=compile_mode,
+                                           float32_matmul_precision=float32_matmul_precision, dtype=dtype)
         self.policy = policy
         self.device = device
         if stats is None:

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from deploy import PolicyClient
-from deploy.server import PolicyServer, load_server_policy
+from deploy.server import PolicyServer, load_inference_policy
 from policy_models.normalization import Stats
 
 POLICY_CONF = Path(__file__).resolve().parents[2] / "policy_conf" / "model"
@@ -50,9 +50,29 @@ def test_xbot_agent_loads_checkpoint_and_runs(xbot_checkpoint):
     np.testing.assert_allclose(targets - state[0], stats.denormalize_action(delta[0]), atol=1e-6)
 
 
+def test_xbot_agent_loads_through_the_servers_fast_path(xbot_checkpoint, monkeypatch):
+    """The in-process agent gets what the server gets: the exact fast path (one CUDA graph per chunk on CUDA), TF32
+    unless asked otherwise, and compiling only when asked."""
+    import step3_deploy_real_xbot
+    from policy_models.policy import VPPPolicy
+
+    run, _, svd, clip, _ = xbot_checkpoint
+    calls = []
+    monkeypatch.setattr(VPPPolicy, "use_fastest_exact_inference",
+                        lambda self, cudnn_benchmark=False: calls.append("exact"))
+    monkeypatch.setattr(VPPPolicy, "compile_for_inference", lambda self, mode="default": calls.append(mode))
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu")
+    assert calls == ["high", "exact"]
+    calls.clear()
+    step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode="default",
+                                     float32_matmul_precision="highest")
+    assert calls == ["highest", "exact", "default"]
+
+
 def test_server_serves_checkpoint_with_stats(xbot_checkpoint):
     _, ckpt, svd, clip, stats = xbot_checkpoint
-    policy = load_server_policy(str(ckpt), str(svd), str(clip), device="cpu")
+    policy = load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu")
     outputs = []
     predict = policy.predict_action_chunk
 
@@ -83,9 +103,9 @@ def test_server_compile_flag_compiles_the_loaded_policy(xbot_checkpoint, monkeyp
     _, ckpt, svd, clip, _ = xbot_checkpoint
     modes = []
     monkeypatch.setattr(VPPPolicy, "compile_for_inference", lambda self, mode="default": modes.append(mode))
-    load_server_policy(str(ckpt), str(svd), str(clip), device="cpu")
+    load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu")
     assert modes == []  # opt-in
-    load_server_policy(str(ckpt), str(svd), str(clip), device="cpu", compile_mode="default")
+    load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", compile_mode="default")
     assert modes == ["default"]
     import argparse
 
@@ -105,8 +125,8 @@ def test_server_sets_the_float32_matmul_precision(xbot_checkpoint, monkeypatch):
     _, ckpt, svd, clip, _ = xbot_checkpoint
     seen = []
     monkeypatch.setattr(torch, "set_float32_matmul_precision", seen.append)
-    load_server_policy(str(ckpt), str(svd), str(clip), device="cpu")
-    load_server_policy(str(ckpt), str(svd), str(clip), device="cpu", float32_matmul_precision="highest")
+    load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu")
+    load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", float32_matmul_precision="highest")
     assert seen == ["high", "highest"]
     parser = argparse.ArgumentParser()
     add_server_args(parser)
