@@ -387,15 +387,20 @@ def stats_of(policy: Any):
 
 def load_inference_policy(checkpoint: str, video_model_path: str | None = None, clip_model_path: str | None = None,
                           device: str = "cuda", use_ema: bool = False, cudnn_benchmark: bool = False,
-                          compile_mode: str | None = None, float32_matmul_precision: str = "high", dtype: Any = None):
+                          compile_mode: str | None = None, float32_matmul_precision: str = "high",
+                          short_query_attention: bool | str = "auto", dtype: Any = None):
     """The policy of a stage-2 checkpoint folder (or a run folder with a ``last`` pointer), stats attached, on the
-    inference fast path the server and the in-process agent share: on CUDA each chunk replays as one CUDA graph
-    (bit-identical to eager), and `compile_mode` (opt-in) compiles the video passes and the action head.
-    `float32_matmul_precision` is set for the whole process (torch.set_float32_matmul_precision): "high" runs the
-    float32 action head on TF32 tensor cores."""
+    inference fast path the server and the in-process agent share, which is the evaluator's except that compiling is
+    opt-in (`compile_mode`; the first chunk would otherwise compile for minutes): on CUDA each chunk replays as one
+    CUDA graph, `short_query_attention` ("auto": on CUDA) runs the U-Net's 16-frame attention on the memory-efficient
+    kernel, and `float32_matmul_precision` is set for the whole process (torch.set_float32_matmul_precision; "high"
+    runs the float32 action head on TF32 tensor cores)."""
     import importlib
 
     import torch
+
+    from video_models.attention_kernels import use_short_query_kernels
+    from vpp_core.config import resolve_flag
 
     torch.set_float32_matmul_precision(float32_matmul_precision)  # before the first chunk's graph captures it
     load_policy = importlib.import_module("policy_models.checkpoints").load_policy  # heavy: only when serving a model
@@ -404,13 +409,15 @@ def load_inference_policy(checkpoint: str, video_model_path: str | None = None, 
     # the graph is captured on the first chunk: the server runs inference under its lock and the agent in its caller's
     # thread, so that capture overlaps no other CUDA work of the process
     policy.use_fastest_exact_inference(cudnn_benchmark=cudnn_benchmark)
+    if resolve_flag(short_query_attention, torch.device(device).type):
+        use_short_query_kernels(policy.tvp_encoder.unet)  # before compiling: the graphs trace it
     if compile_mode is not None:
         policy.compile_for_inference(compile_mode)
     return policy
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
-    from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS, FLOAT32_MATMUL_PRECISIONS
+    from vpp_core.config import AUTO, COMPILE_MODES_WITHOUT_CUDA_GRAPHS, FLOAT32_MATMUL_PRECISIONS
 
     p.add_argument("--checkpoint", help="stage-2 checkpoint folder (config.yaml, model.safetensors, stats.json)")
     p.add_argument("--video_model_path", default=None, help="stage-1 video model folder (default: from the config)")
@@ -422,6 +429,10 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES_WITHOUT_CUDA_GRAPHS,
                    metavar="MODE", help="torch.compile the video model's passes and the action head (MODE: default or "
                    "max-autotune-no-cudagraphs; faster chunks, close to eager but not bit-identical)")
+    p.add_argument("--short_query_attention", default=AUTO, choices=[AUTO, True, False], metavar="{auto,true,false}",
+                   type=lambda text: text if text == AUTO else {"true": True, "false": False}.get(text, text),
+                   help="the U-Net's 16-frame attention on the memory-efficient kernel (auto: on CUDA; same attention, "
+                   "other rounding)")
     p.add_argument("--float32_matmul_precision", default="high", choices=FLOAT32_MATMUL_PRECISIONS,
                    help="float32 matrix products of the action head: high = TF32 tensor cores (default), highest = "
                    "full float32, medium = bfloat16")
@@ -447,7 +458,8 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
-                                    args.use_ema, args.cudnn_benchmark, args.compile, args.float32_matmul_precision)
+                                       args.use_ema, args.cudnn_benchmark, args.compile, args.float32_matmul_precision,
+                                       args.short_query_attention)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,

@@ -35,15 +35,17 @@ class XbotAgent:
         policy: an already built policy (``predict_action_chunk`` + ``embodiment``); skips loading (tests).
         stats: a :class:`Stats`, a dict or a path; default ``{checkpoint_dir}/stats.json``.
         letterbox: pad uint8 frames to 4:3 before resizing, as the training videos were (default True).
-        compile_mode / float32_matmul_precision: as the policy server's ``--compile`` / ``--float32_matmul_precision``
-            (a loaded checkpoint runs the server's fast path: on CUDA one CUDA graph per chunk, TF32 by default;
-            compiling is opt-in, since the first chunk would otherwise pay minutes of compilation).
+        compile_mode / float32_matmul_precision / short_query_attention: as the policy server's flags of these
+            names (a loaded checkpoint runs the server's fast path: on CUDA one CUDA graph per chunk, TF32 and the
+            short-query attention kernels by default; compiling is opt-in, since the first chunk would otherwise pay
+            minutes of compilation).
     """
 
     def __init__(self, checkpoint_dir: str | Path | None = None, video_model_path: str | None = None,
                  clip_model_path: str | None = None, device: str | None = None, *, policy: Any = None,
                  stats: Stats | dict | str | Path | None = None, use_ema: bool = False, dtype: Any = None,
-                 letterbox: bool = True, compile_mode: str | None = None, float32_matmul_precision: str = "high"):
+                 letterbox: bool = True, compile_mode: str | None = None, float32_matmul_precision: str = "high",
+                 short_query_attention: bool | str = "auto"):
         if device is None:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         if policy is None:
@@ -51,7 +53,8 @@ class XbotAgent:
                 raise ValueError("XbotAgent needs checkpoint_dir (or an injected policy=)")
             policy = load_inference_policy(str(checkpoint_dir), video_model_path, clip_model_path, device,
                                            use_ema=use_ema, compile_mode=compile_mode,
-                                           float32_matmul_precision=float32_matmul_precision, dtype=dtype)
+                                           float32_matmul_precision=float32_matmul_precision,
+                                           short_query_attention=short_query_attention, dtype=dtype)
         self.policy = policy
         self.device = device
         if stats is None:

@@ -54,6 +54,7 @@ def test_xbot_agent_loads_through_the_servers_fast_path(xbot_checkpoint, monkeyp
     """The in-process agent gets what the server gets: the exact fast path (one CUDA graph per chunk on CUDA), TF32
     unless asked otherwise, and compiling only when asked."""
     import step3_deploy_real_xbot
+    import video_models.attention_kernels
     from policy_models.policy import VPPPolicy
 
     run, _, svd, clip, _ = xbot_checkpoint
@@ -62,12 +63,30 @@ def test_xbot_agent_loads_through_the_servers_fast_path(xbot_checkpoint, monkeyp
                         lambda self, cudnn_benchmark=False: calls.append("exact"))
     monkeypatch.setattr(VPPPolicy, "compile_for_inference", lambda self, mode="default": calls.append(mode))
     monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    monkeypatch.setattr(video_models.attention_kernels, "use_short_query_kernels", lambda unet: calls.append("short"))
     step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu")
-    assert calls == ["high", "exact"]
+    assert calls == ["high", "exact"]  # short-query kernels "auto": CUDA only
     calls.clear()
     step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode="default",
-                                     float32_matmul_precision="highest")
-    assert calls == ["highest", "exact", "default"]
+                                     float32_matmul_precision="highest", short_query_attention=True)
+    assert calls == ["highest", "exact", "short", "default"]  # the kernels before compiling: the graphs trace them
+
+
+def test_inference_policy_short_query_kernels_are_installed_when_asked(xbot_checkpoint):
+    from video_models.attention_kernels import ShortQueryKernelProcessor
+
+    _, ckpt, svd, clip, _ = xbot_checkpoint
+
+    def short_query_layers(policy) -> int:
+        return sum(isinstance(getattr(m, "processor", None), ShortQueryKernelProcessor)
+                   for m in policy.tvp_encoder.unet.modules())
+
+    assert short_query_layers(load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu")) == 0  # auto: CUDA
+    policy = load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", short_query_attention=True)
+    assert short_query_layers(policy) > 0
+    obs = {"rgb_obs": {cam: np.zeros((1, 64, 64, 3), np.uint8) for cam in policy.embodiment.cameras},
+           "state_obs": np.zeros((1, 38), np.float32)}
+    assert policy.predict_action_chunk(obs, "place the bag").isfinite().all()
 
 
 def test_server_serves_checkpoint_with_stats(xbot_checkpoint):
@@ -133,5 +152,10 @@ def test_server_sets_the_float32_matmul_precision(xbot_checkpoint, monkeypatch):
     assert parser.parse_args([]).float32_matmul_precision == "high"
     with pytest.raises(SystemExit):
         parser.parse_args(["--float32_matmul_precision", "tf32"])
+    assert parser.parse_args([]).short_query_attention == "auto"
+    assert [parser.parse_args(["--short_query_attention", v]).short_query_attention for v in ("true", "false")] == [
+        True, False]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--short_query_attention", "sometimes"])
     with pytest.raises(SystemExit):  # inductor's own CUDA graphs would clash with the whole-chunk graph
         parser.parse_args(["--compile", "reduce-overhead"])
