@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
     names = ["calvin", "xbot"] if args.payload == "both" else [args.payload]
     for name in names:
         if args.checkpoint:
-            from deploy.server import load_inference_policy
+            from policy_models.checkpoints import load_inference_policy
 
             policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, args.device)
         elif args.policy == "tiny":

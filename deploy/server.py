@@ -385,37 +385,6 @@ def stats_of(policy: Any):
     return Stats.from_dict(dict(stats), source=f"{where}/stats.json" if where else "policy.stats")
 
 
-def load_inference_policy(checkpoint: str, video_model_path: str | None = None, clip_model_path: str | None = None,
-                          device: str = "cuda", use_ema: bool = False, cudnn_benchmark: bool = False,
-                          compile_mode: str | None = None, float32_matmul_precision: str = "high",
-                          short_query_attention: bool | str = "auto", dtype: Any = None):
-    """The policy of a stage-2 checkpoint folder (or a run folder with a ``last`` pointer), stats attached, on the
-    inference fast path the server and the in-process agent share, which is the evaluator's except that compiling is
-    opt-in (`compile_mode`; the first chunk would otherwise compile for minutes): on CUDA each chunk replays as one
-    CUDA graph, `short_query_attention` ("auto": on CUDA) runs the U-Net's 16-frame attention on the memory-efficient
-    kernel, and `float32_matmul_precision` is set for the whole process (torch.set_float32_matmul_precision; "high"
-    runs the float32 action head on TF32 tensor cores)."""
-    import importlib
-
-    import torch
-
-    from video_models.attention_kernels import use_short_query_kernels
-    from vpp_core.config import resolve_flag
-
-    torch.set_float32_matmul_precision(float32_matmul_precision)  # before the first chunk's graph captures it
-    load_policy = importlib.import_module("policy_models.checkpoints").load_policy  # heavy: only when serving a model
-    policy = load_policy(checkpoint, video_model_path=video_model_path, clip_model_path=clip_model_path,
-                         device=device, use_ema=use_ema, dtype=dtype)
-    # the graph is captured on the first chunk: the server runs inference under its lock and the agent in its caller's
-    # thread, so that capture overlaps no other CUDA work of the process
-    policy.use_fastest_exact_inference(cudnn_benchmark=cudnn_benchmark)
-    if resolve_flag(short_query_attention, torch.device(device).type):
-        use_short_query_kernels(policy.tvp_encoder.unet)  # before compiling: the graphs trace it
-    if compile_mode is not None:
-        policy.compile_for_inference(compile_mode)
-    return policy
-
-
 def add_server_args(p: argparse.ArgumentParser) -> None:
     from vpp_core.config import AUTO, COMPILE_MODES_WITHOUT_CUDA_GRAPHS, FLOAT32_MATMUL_PRECISIONS
 
@@ -457,9 +426,14 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        # heavy: only when serving a model. Inference runs under the server's lock, so the first request's graph
+        # capture overlaps no other CUDA work
+        from policy_models.checkpoints import load_inference_policy
+
         policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
-                                       args.use_ema, args.cudnn_benchmark, args.compile, args.float32_matmul_precision,
-                                       args.short_query_attention)
+                                       use_ema=args.use_ema, cudnn_benchmark=args.cudnn_benchmark,
+                                       compile_mode=args.compile, short_query_attention=args.short_query_attention,
+                                       float32_matmul_precision=args.float32_matmul_precision)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,

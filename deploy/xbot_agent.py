@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from deploy.images import letterbox_4x3
-from deploy.server import embodiment_value, load_inference_policy, stats_of
+from deploy.server import embodiment_value, stats_of
 from policy_models.normalization import Stats, absolute_actions, check_relative_mode
 
 IMAGE_SIZE = 256  # step1_prepare_latent wrote 256 x 256 training videos (bilinear, no antialias, after letterboxing)
@@ -51,6 +51,8 @@ class XbotAgent:
         if policy is None:
             if checkpoint_dir is None:
                 raise ValueError("XbotAgent needs checkpoint_dir (or an injected policy=)")
+            from policy_models.checkpoints import load_inference_policy
+
             policy = load_inference_policy(str(checkpoint_dir), video_model_path, clip_model_path, device,
                                            use_ema=use_ema, compile_mode=compile_mode,
                                            float32_matmul_precision=float32_matmul_precision,

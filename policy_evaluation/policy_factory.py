@@ -80,14 +80,9 @@ class CheckpointPolicyFactory:
         return settings
 
     def __call__(self, device: str):
-        import torch
+        from policy_models.checkpoints import load_inference_policy
 
-        from policy_models.checkpoints import load_policy
-        from video_models.attention_kernels import use_short_query_kernels
-        from vpp_core.config import resolve_compile_setting, resolve_flag
-
-        torch.set_float32_matmul_precision(self.float32_matmul_precision)  # before compiling: graphs capture it
-        policy = load_policy(
+        return load_inference_policy(
             self.checkpoint_dir,
             video_model_path=self.video_model_path,
             clip_model_path=self.clip_model_path,
@@ -95,12 +90,8 @@ class CheckpointPolicyFactory:
             dtype=self.dtype,
             overrides=self.overrides,
             use_ema=self.use_ema,
+            cudnn_benchmark=self.cudnn_benchmark,
+            compile_mode=self.compile_mode,
+            short_query_attention=self.short_query_attention,
+            float32_matmul_precision=self.float32_matmul_precision,
         )
-        policy.use_fastest_exact_inference(cudnn_benchmark=self.cudnn_benchmark)
-        device_type = torch.device(device).type
-        if resolve_flag(self.short_query_attention, device_type):
-            use_short_query_kernels(policy.tvp_encoder.unet)  # before compiling: the graphs trace it
-        compile_mode = resolve_compile_setting(self.compile_mode, device_type)
-        if compile_mode is not None:
-            policy.compile_for_inference(compile_mode)
-        return policy

@@ -198,6 +198,43 @@ def load_policy(
     return policy.to(device).eval()
 
 
+def load_inference_policy(
+    checkpoint_dir: str | Path,
+    video_model_path: str | Path | None = None,
+    clip_model_path: str | Path | None = None,
+    device: str = "cpu",
+    *,
+    dtype: torch.dtype | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    use_ema: bool = False,
+    cudnn_benchmark: bool = False,
+    compile_mode: str | None = None,
+    short_query_attention: bool | str = "auto",
+    float32_matmul_precision: str = "high",
+) -> VPPPolicy:
+    """`load_policy` on the inference fast path that the evaluator, the policy server and the in-process agent share.
+    On CUDA each chunk replays as one CUDA graph (bit-identical to eager; captured on the first chunk, so the caller
+    must not run other CUDA work of the process concurrently with it). `short_query_attention` (True, False or
+    "auto": on CUDA) runs the U-Net's 16-frame attention on the memory-efficient kernel; `compile_mode` (None, "auto"
+    or a torch.compile mode) compiles the video passes and the action head. `float32_matmul_precision` is set for the
+    whole process (torch.set_float32_matmul_precision; "high" runs the float32 action head on TF32 tensor cores).
+    Each setting is applied before the graphs that would capture it."""
+    from video_models.attention_kernels import use_short_query_kernels
+    from vpp_core.config import resolve_compile_setting, resolve_flag
+
+    torch.set_float32_matmul_precision(float32_matmul_precision)
+    policy = load_policy(checkpoint_dir, video_model_path=video_model_path, clip_model_path=clip_model_path,
+                         device=device, dtype=dtype, overrides=overrides, use_ema=use_ema)
+    policy.use_fastest_exact_inference(cudnn_benchmark=cudnn_benchmark)
+    device_type = torch.device(device).type
+    if resolve_flag(short_query_attention, device_type):
+        use_short_query_kernels(policy.tvp_encoder.unet)  # before compiling: the graphs trace it
+    compile_mode = resolve_compile_setting(compile_mode, device_type)
+    if compile_mode is not None:
+        policy.compile_for_inference(compile_mode)
+    return policy
+
+
 # ---------------------------------------------------------------------------------------------------------- conversion
 def _load_original(input_pt: Path, allow_pickle_config: bool) -> Any:
     try:

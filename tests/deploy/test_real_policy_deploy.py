@@ -8,7 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from deploy import PolicyClient
-from deploy.server import PolicyServer, load_inference_policy
+from deploy.server import PolicyServer
+from policy_models.checkpoints import load_inference_policy
 from policy_models.normalization import Stats
 
 POLICY_CONF = Path(__file__).resolve().parents[2] / "policy_conf" / "model"
