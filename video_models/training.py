@@ -61,6 +61,7 @@ from vpp_core.io import append_jsonl, atomic_json_dump
 from vpp_core.memory import peak_memory_record
 from vpp_core.precision import mixed_precision_name, resolve_dtype
 from vpp_core.seeding import seed_everything
+from vpp_core.side_stream import SideStream
 
 log = logging.getLogger(__name__)
 
@@ -478,6 +479,9 @@ class Stage1Trainer:
         self.tokenizer, text_encoder = load_text_encoder(self.args.clip_model_path, dtype=self.weight_dtype)
         self.vae = vae.to(acc.device).eval().requires_grad_(False)  # fp32 (small); only decodes sample videos
         self.text_encoder = text_encoder.to(acc.device).eval().requires_grad_(False)
+        # the text tower reads its padding mask on the host: on a side stream that read does not wait for the step
+        # queued before it (vpp_core.side_stream)
+        self.text_stream = SideStream(acc.device)
         self.scheduler = scheduler
         unet.requires_grad_(True).train()
         # what "auto" resolved to on this device
@@ -556,7 +560,7 @@ class Stage1Trainer:
 
     # ------------------------------------------------------------------------------------------------ the step
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
-        with torch.no_grad():
+        def encode() -> torch.Tensor:
             return encode_text(
                 texts,
                 self.tokenizer,
@@ -565,6 +569,9 @@ class Stage1Trainer:
                 max_length=int(self.args.clip_token_length),
                 position_encode=bool(self.args.position_encode),
             )
+
+        with torch.no_grad():
+            return self.text_stream.run(encode)
 
     def loss(self, batch: dict, generator: torch.Generator | None = None, text_drop: float = 0.0) -> torch.Tensor:
         latents = batch["latent"].to(self.accelerator.device, non_blocking=True)

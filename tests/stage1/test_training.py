@@ -410,3 +410,24 @@ def test_compile_cpp_wrapper_step_on_cuda(tiny_model_dirs, data_root, tmp_path):
         assert inductor_config.cpp_wrapper is True
     assert torch.isfinite(cpp_launched)
     torch.testing.assert_close(cpp_launched, python_launched, rtol=1e-5, atol=1e-6)
+
+
+def test_text_embeddings_run_through_the_side_stream(tiny_model_dirs, data_root, tmp_path):
+    """The trainer encodes instructions through its SideStream (on CUDA, a stream of its own; see
+    test_text_side_stream_gpu.py), and gets what encode_text gives directly."""
+    from video_models.text_conditioning import encode_text
+
+    cfg = load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path, max_train_steps=1))
+    trainer = Stage1Trainer(cfg)
+    calls = []
+    run = trainer.text_stream.run
+    trainer.text_stream.run = lambda fn: calls.append(fn) or run(fn)
+    texts = ["pick up the red block", "open the drawer"]
+    emb = trainer.text_embeddings(texts)
+    assert len(calls) == 1
+    with torch.no_grad():
+        direct = encode_text(texts, trainer.tokenizer, trainer.text_encoder,
+                             cross_attention_dim=trainer.cross_attention_dim,
+                             max_length=int(trainer.args.clip_token_length),
+                             position_encode=bool(trainer.args.position_encode))
+    assert torch.equal(emb, direct)
