@@ -354,3 +354,22 @@ def test_unet_flops_counts_by_operator_kind(monkeypatch, capsys):
     assert out["settings"]["sample"] == [2, 16, 8, 8, 8]
     assert set(out["share_by_kind"]) >= {"linear", "convolution", "attention"}
     assert abs(sum(out["share_by_kind"].values()) - 1) < 1e-9 and out["forward_tflop"] > 0
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_agent_step_times_the_agent_on_a_saved_checkpoint(eager, monkeypatch, capsys):
+    """The agent loads a saved random checkpoint through the fast path (or, with --eager, a plain load_policy policy
+    as before session 15) and returns eight absolute 38-D targets per call."""
+    from benchmarks import agent_step
+    from policy_models.policy import VPPPolicy
+
+    fast_path = []
+    original = VPPPolicy.use_fastest_exact_inference
+    monkeypatch.setattr(VPPPolicy, "use_fastest_exact_inference",
+                        lambda self, **kw: fast_path.append(1) or original(self, **kw))
+    argv = ["--device", "cpu", "--warmup", "0", "--iters", "2", "--frame", "48x64"] + (["--eager"] if eager else [])
+    out = run_harness(agent_step, argv, monkeypatch, capsys)
+    assert out["targets_shape"] == [8, 38] and out["time"]["iters"] == 2 and out["chunks_per_s"] > 0
+    assert out["settings"]["eager"] is eager and out["settings"]["frame"] == [48, 64]
+    assert fast_path == ([] if eager else [1])
+    assert out["settings"]["float32_matmul_precision"] == ("highest" if eager else "high")

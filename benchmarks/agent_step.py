@@ -1,0 +1,120 @@
+"""The in-process robot agent (`deploy.xbot_agent.XbotAgent`) as a robot loop calls it: three uint8 camera frames and
+a 38-D state in, `run_3image` then `calculate_absolute_action`, eight absolute targets out. Prints one JSON object.
+
+    python benchmarks/agent_step.py                                   # tiny random models on the CPU
+    python benchmarks/agent_step.py --video_model_path W/svd --clip_model_path W/clip --device cuda   # full size
+        [--eager] [--compile auto]
+
+W comes from `benchmarks/random_model_folders.py --out W`. The action head (policy_conf/model/xbot.yaml, or tiny.yaml
+without the folders) gets random weights and random normalisation statistics, and is saved as a stage-2 checkpoint,
+which the agent then loads the way a robot's process does. `--eager` loads the same checkpoint with plain
+`load_policy` and gives it to the agent: how the agent ran before it shared the server's fast path (session 15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPO = Path(__file__).resolve().parents[1]
+XBOT = {"name": "xbot", "cameras": ["cam_high", "cam_left", "cam_right"], "action_dim": 38, "chunk_length": 8,
+        "state_dim": 38}
+
+
+def write_checkpoint(out: Path, video_model_path: str, clip_model_path: str, tiny: bool, seed: int = 0) -> Path:
+    """A random xbot stage-2 checkpoint (config, weights, stats.json) under `out`."""
+    from omegaconf import OmegaConf
+
+    from policy_models.checkpoints import save_policy_checkpoint
+    from policy_models.normalization import Stats
+    from policy_models.policy import build_policy
+
+    cfg = OmegaConf.load(REPO / "policy_conf" / "model" / ("tiny.yaml" if tiny else "xbot.yaml"))
+    cfg.embodiment.update(XBOT)
+    cfg.model.multistep = XBOT["chunk_length"]
+    torch.manual_seed(seed)
+    policy = build_policy(cfg, video_model_path=video_model_path, clip_model_path=clip_model_path).eval()
+    rng = np.random.default_rng(seed)
+    low = rng.uniform(-1, 0, XBOT["state_dim"])
+    stats = Stats(state_01=low, state_99=low + 1.0, action_01=np.full(XBOT["action_dim"], -0.1),
+                  action_99=np.full(XBOT["action_dim"], 0.2))
+    return save_policy_checkpoint(out / "checkpoint", policy, cfg, stats=stats.to_dict())
+
+
+def build_agent(checkpoint: Path, video_model_path: str, clip_model_path: str, args):
+    from deploy.xbot_agent import XbotAgent
+
+    if args.eager:
+        from policy_models.checkpoints import load_policy
+
+        policy = load_policy(checkpoint, video_model_path=video_model_path, clip_model_path=clip_model_path,
+                             device=args.device)
+        return XbotAgent(checkpoint, device=args.device, policy=policy)
+    return XbotAgent(checkpoint, video_model_path, clip_model_path, device=args.device, compile_mode=args.compile,
+                     float32_matmul_precision=args.float32_matmul_precision)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video_model_path", default=None, help="full-size SVD folder (default: tiny random folders)")
+    p.add_argument("--clip_model_path", default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--eager", action="store_true", help="plain load_policy: no CUDA graph, TF32 or attention kernels")
+    p.add_argument("--compile", default=None, help="the agent's compile_mode (default: none, as the agent's)")
+    p.add_argument("--float32-matmul-precision", default="high", choices=["highest", "high", "medium"])
+    p.add_argument("--frame", default="480x640", help="camera frame size HxW (uint8, letterboxed by the agent)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=30)
+    args = p.parse_args(argv)
+    if (args.video_model_path is None) != (args.clip_model_path is None):
+        p.error("give both --video_model_path and --clip_model_path, or neither (tiny random models)")
+    height, width = (int(v) for v in args.frame.split("x"))
+
+    from benchmarks.common import emit, environment, peak_memory_gib, time_fn
+
+    device = torch.device(args.device)
+    tiny = args.video_model_path is None
+    with tempfile.TemporaryDirectory() as tmp:
+        video, clip = args.video_model_path, args.clip_model_path
+        if tiny:
+            from video_models.builders import make_tiny_video_model_folders
+
+            video, clip = (str(f) for f in make_tiny_video_model_folders(tmp))
+        checkpoint = write_checkpoint(Path(tmp), video, clip, tiny)
+        agent = build_agent(checkpoint, video, clip, args)
+        rng = np.random.default_rng(0)
+        frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in XBOT["cameras"]]
+        state = rng.standard_normal((1, 1, XBOT["state_dim"]))
+
+        def call() -> np.ndarray:
+            delta = agent.run_3image(*frames, "place the bag in the basket", state)
+            return agent.calculate_absolute_action(delta, state)
+
+        targets = call()  # the first call captures the CUDA graph (and compiles, if asked)
+        timing = time_fn(call, device, args.warmup, args.iters)
+    report = {
+        "benchmark": "agent_step",
+        "settings": {"model": "tiny" if tiny else "xbot (full size, random weights)", "device": str(device),
+                     "eager": args.eager, "compile": args.compile,
+                     "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                     "frame": [height, width], "cameras": XBOT["cameras"], "chunk_length": XBOT["chunk_length"]},
+        "environment": environment(),
+        "time": timing,
+        "chunks_per_s": 1000.0 / timing["median_ms"],
+        "peak_memory_gib": peak_memory_gib(device),
+        "targets_shape": list(targets.shape),
+    }
+    emit(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
