@@ -76,6 +76,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if (args.video_model_path is None) != (args.clip_model_path is None):
         p.error("give both --video_model_path and --clip_model_path, or neither (tiny random models)")
+    if args.eager and args.compile:
+        p.error("--eager loads the policy without the agent's settings; it cannot compile (drop --compile)")
     height, width = (int(v) for v in args.frame.split("x"))
 
     from benchmarks.common import emit, environment, peak_memory_gib, time_fn
