@@ -63,13 +63,15 @@ def build_agent(checkpoint: Path, video_model_path: str, clip_model_path: str, a
 
 
 def main(argv=None) -> dict:
+    from vpp_core.config import FLOAT32_MATMUL_PRECISIONS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video_model_path", default=None, help="full-size SVD folder (default: tiny random folders)")
     p.add_argument("--clip_model_path", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--eager", action="store_true", help="plain load_policy: no CUDA graph, TF32 or attention kernels")
     p.add_argument("--compile", default=None, help="the agent's compile_mode (default: none, as the agent's)")
-    p.add_argument("--float32-matmul-precision", default="high", choices=["highest", "high", "medium"])
+    p.add_argument("--float32-matmul-precision", default="high", choices=FLOAT32_MATMUL_PRECISIONS)
     p.add_argument("--frame", default="480x640", help="camera frame size HxW (uint8, letterboxed by the agent)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=30)
