@@ -80,7 +80,10 @@ def main(argv=None) -> dict:
         p.error("give both --video_model_path and --clip_model_path, or neither (tiny random models)")
     if args.eager and args.compile:
         p.error("--eager loads the policy without the agent's settings; it cannot compile (drop --compile)")
-    height, width = (int(v) for v in args.frame.split("x"))
+    try:
+        height, width = (int(v) for v in args.frame.split("x"))
+    except ValueError:
+        p.error(f"--frame must be HEIGHTxWIDTH in pixels, e.g. 480x640; got {args.frame!r}")
 
     from benchmarks.common import emit, environment, peak_memory_gib, time_fn
 

@@ -373,3 +373,6 @@ def test_agent_step_times_the_agent_on_a_saved_checkpoint(eager, monkeypatch, ca
     assert out["settings"]["eager"] is eager and out["settings"]["frame"] == [48, 64]
     assert fast_path == ([] if eager else [1])
     assert out["settings"]["float32_matmul_precision"] == ("highest" if eager else "high")
+    with pytest.raises(SystemExit):
+        agent_step.main(["--device", "cpu", "--frame", "480"])
+    assert "--frame must be HEIGHTxWIDTH" in capsys.readouterr().err
