@@ -6,9 +6,10 @@ a 38-D state in, `run_3image` then `calculate_absolute_action`, eight absolute t
         [--eager] [--compile auto]
 
 W comes from `benchmarks/random_model_folders.py --out W`. The action head (policy_conf/model/xbot.yaml, or tiny.yaml
-without the folders) gets random weights and random normalisation statistics, and is saved as a stage-2 checkpoint,
-which the agent then loads the way a robot's process does. `--eager` loads the same checkpoint with plain
-`load_policy` and gives it to the agent: how the agent ran before it shared the server's fast path (session 15).
+without the folders) gets random weights and random normalisation statistics, and is saved as a stage-2 checkpoint
+(benchmarks/random_checkpoint.py), which the agent then loads the way a robot's process does. `--eager` loads the same
+checkpoint with plain `load_policy` and gives it to the agent: how the agent ran before it shared the server's fast
+path (session 15).
 """
 
 from __future__ import annotations
@@ -23,30 +24,6 @@ import torch
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-REPO = Path(__file__).resolve().parents[1]
-XBOT = {"name": "xbot", "cameras": ["cam_high", "cam_left", "cam_right"], "action_dim": 38, "chunk_length": 8,
-        "state_dim": 38}
-
-
-def write_checkpoint(out: Path, video_model_path: str, clip_model_path: str, tiny: bool, seed: int = 0) -> Path:
-    """A random xbot stage-2 checkpoint (config, weights, stats.json) under `out`."""
-    from omegaconf import OmegaConf
-
-    from policy_models.checkpoints import save_policy_checkpoint
-    from policy_models.normalization import Stats
-    from policy_models.policy import build_policy
-
-    cfg = OmegaConf.load(REPO / "policy_conf" / "model" / ("tiny.yaml" if tiny else "xbot.yaml"))
-    cfg.embodiment.update(XBOT)
-    cfg.model.multistep = XBOT["chunk_length"]
-    torch.manual_seed(seed)
-    policy = build_policy(cfg, video_model_path=video_model_path, clip_model_path=clip_model_path).eval()
-    rng = np.random.default_rng(seed)
-    low = rng.uniform(-1, 0, XBOT["state_dim"])
-    stats = Stats(state_01=low, state_99=low + 1.0, action_01=np.full(XBOT["action_dim"], -0.1),
-                  action_99=np.full(XBOT["action_dim"], 0.2))
-    return save_policy_checkpoint(out / "checkpoint", policy, cfg, stats=stats.to_dict())
 
 
 def build_agent(checkpoint: Path, video_model_path: str, clip_model_path: str, args):
@@ -86,6 +63,7 @@ def main(argv=None) -> dict:
         p.error(f"--frame must be HEIGHTxWIDTH in pixels, e.g. 480x640; got {args.frame!r}")
 
     from benchmarks.common import emit, environment, peak_memory_gib, time_fn
+    from benchmarks.random_checkpoint import write_random_checkpoint
 
     device = torch.device(args.device)
     tiny = args.video_model_path is None
@@ -95,11 +73,11 @@ def main(argv=None) -> dict:
             from video_models.builders import make_tiny_video_model_folders
 
             video, clip = (str(f) for f in make_tiny_video_model_folders(tmp))
-        checkpoint = write_checkpoint(Path(tmp), video, clip, tiny)
+        checkpoint = write_random_checkpoint(Path(tmp), "xbot", video, clip, tiny)
         agent = build_agent(checkpoint, video, clip, args)
         rng = np.random.default_rng(0)
-        frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in XBOT["cameras"]]
-        state = rng.standard_normal((1, 1, XBOT["state_dim"]))
+        frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in agent.cameras]
+        state = rng.standard_normal((1, 1, agent.state_dim))
 
         def call() -> np.ndarray:
             delta = agent.run_3image(*frames, "place the bag in the basket", state)
@@ -112,7 +90,7 @@ def main(argv=None) -> dict:
         "settings": {"model": "tiny" if tiny else "xbot (full size, random weights)", "device": str(device),
                      "eager": args.eager, "compile": args.compile,
                      "float32_matmul_precision": torch.get_float32_matmul_precision(),
-                     "frame": [height, width], "cameras": XBOT["cameras"], "chunk_length": XBOT["chunk_length"]},
+                     "frame": [height, width], "cameras": agent.cameras, "chunk_length": agent.chunk_length},
         "environment": environment(),
         "time": timing,
         "chunks_per_s": 1000.0 / timing["median_ms"],

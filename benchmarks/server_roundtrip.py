@@ -2,12 +2,17 @@
 
     python benchmarks/server_roundtrip.py                       # fake policy (no model time), both payloads
     python benchmarks/server_roundtrip.py --delay_ms 50         # fake policy that takes 50 ms per chunk
-    python benchmarks/server_roundtrip.py --policy tiny         # tiny random VPPPolicy (policy_conf/model/tiny.yaml)
+    python benchmarks/server_roundtrip.py --policy random       # a tiny random checkpoint per payload's embodiment
+    python benchmarks/server_roundtrip.py --policy random --video_model_path W/svd --clip_model_path W/clip \
+        --device cuda [--compile]                               # full-size random checkpoints on the GPU
     python benchmarks/server_roundtrip.py --checkpoint DIR --payload xbot --device cuda  # a real checkpoint
 
 Payloads: ``calvin`` = rgb_static 200x200x3 + rgb_gripper 84x84x3 uint8, reply 10 x 7; ``xbot`` = three
 256x256x3 uint8 images + a 38-D state, reply 8 x 38. "sequential" = one client, one request at a time;
 "concurrent" = ``--clients`` clients in threads at once (inference is serialised on the server by design).
+Checkpoints, random or given, load through the server's own path (`load_inference_policy`, with its defaults and
+`--compile`), so the round trip is what `step3_deploy_real_xbot.py serve` answers. W comes from
+`benchmarks/random_model_folders.py --out W`; random checkpoints: benchmarks/random_checkpoint.py.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -90,41 +96,53 @@ def bench_payload(name: str, policy, args) -> dict:
     return result
 
 
-def _tiny_policy(spec: dict, device: str):
-    """The tiny random VPPPolicy of the tests (64 px video model) with the payload's embodiment."""
-    import tempfile
+def _served_policy(name: str, args, tmp: Path):
+    """The policy the server answers `name`'s payload with: the fake one, or a checkpoint loaded as the server does."""
+    if args.checkpoint is None and args.policy == "fake":
+        from deploy.fake_policy import FakePolicy
 
-    import torch
-    from omegaconf import OmegaConf
+        spec = PAYLOADS[name]
+        return FakePolicy(cameras=tuple(spec["cameras"]), action_dim=spec["action_dim"],
+                          chunk_length=spec["chunk_length"], state_dim=spec["state_dim"],
+                          delay_s=args.delay_ms / 1e3)
+    from policy_models.checkpoints import load_inference_policy
 
-    from policy_models.policy import build_policy
-    from video_models.builders import make_tiny_video_model_folders
+    video, clip, checkpoint = args.video_model_path, args.clip_model_path, args.checkpoint
+    if checkpoint is None:
+        from benchmarks.random_checkpoint import write_random_checkpoint
 
-    root = Path(__file__).resolve().parents[1]
-    cfg = OmegaConf.load(root / "policy_conf" / "model" / "tiny.yaml")
-    cfg.embodiment.update({"name": "bench", "cameras": list(spec["cameras"]), "action_dim": spec["action_dim"],
-                           "chunk_length": spec["chunk_length"], "state_dim": spec["state_dim"]})
-    cfg.model.multistep = spec["chunk_length"]
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        svd, clip = make_tiny_video_model_folders(tmp)
-        return build_policy(cfg, video_model_path=str(svd), clip_model_path=str(clip), device=device).eval()
+        tiny = video is None
+        if tiny:
+            from video_models.builders import make_tiny_video_model_folders
+
+            video, clip = (str(f) for f in make_tiny_video_model_folders(tmp))
+        checkpoint = write_random_checkpoint(tmp / name, name, video, clip, tiny=tiny)
+    return load_inference_policy(checkpoint, video, clip, args.device, compile_mode=args.compile)
 
 
 def main(argv=None) -> dict:
+    from vpp_core.config import COMPILE_MODES_WITHOUT_CUDA_GRAPHS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--payload", choices=["calvin", "xbot", "both"], default="both")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--clients", type=int, default=4, help="concurrent clients for the throughput run (1: skip it)")
-    p.add_argument("--policy", choices=["fake", "tiny"], default="fake",
-                   help="fake: deploy.fake_policy (no model time); tiny: a tiny random VPPPolicy on --device")
+    p.add_argument("--policy", choices=["fake", "random"], default="fake",
+                   help="fake: deploy.fake_policy (no model time); random: a random checkpoint of each payload's "
+                   "embodiment (tiny models, or full size on --video_model_path and --clip_model_path)")
     p.add_argument("--delay_ms", type=float, default=0.0, help="fake policy compute time per chunk")
     p.add_argument("--checkpoint", default=None, help="serve this stage-2 checkpoint instead of the fake policy")
     p.add_argument("--video_model_path", default=None)
     p.add_argument("--clip_model_path", default=None)
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES_WITHOUT_CUDA_GRAPHS,
+                   metavar="MODE", help="the server's --compile")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if (args.video_model_path is None) != (args.clip_model_path is None):
+        p.error("give both --video_model_path and --clip_model_path, or neither")
+    if args.checkpoint is None and args.policy == "fake" and (args.compile or args.video_model_path):
+        p.error("--compile and the model folders need a model: --policy random or --checkpoint")
 
     import msgpack
     import websockets
@@ -133,21 +151,9 @@ def main(argv=None) -> dict:
 
     results = {}
     names = ["calvin", "xbot"] if args.payload == "both" else [args.payload]
-    for name in names:
-        if args.checkpoint:
-            from policy_models.checkpoints import load_inference_policy
-
-            policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, args.device)
-        elif args.policy == "tiny":
-            policy = _tiny_policy(PAYLOADS[name], args.device)
-        else:
-            from deploy.fake_policy import FakePolicy
-
-            spec = PAYLOADS[name]
-            policy = FakePolicy(cameras=tuple(spec["cameras"]), action_dim=spec["action_dim"],
-                                chunk_length=spec["chunk_length"], state_dim=spec["state_dim"],
-                                delay_s=args.delay_ms / 1e3)
-        results[name] = bench_payload(name, policy, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            results[name] = bench_payload(name, _served_policy(name, args, Path(tmp)), args)
 
     from benchmarks.common import emit, environment
 
@@ -155,7 +161,9 @@ def main(argv=None) -> dict:
         "benchmark": "server_roundtrip",
         "settings": {"payloads": names, "requests": args.requests, "warmup": args.warmup, "clients": args.clients,
                      "policy": args.checkpoint or (f"FakePolicy(delay_ms={args.delay_ms})" if args.policy == "fake"
-                                                   else "tiny VPPPolicy (policy_conf/model/tiny.yaml, random)"),
+                                                   else "random checkpoint per payload (benchmarks/random_checkpoint.py"
+                                                   f", {'tiny' if args.video_model_path is None else 'full size'})"),
+                     "compile": args.compile,
                      "device": args.device,
                      "transport": "ws://127.0.0.1 (loopback), msgpack, no compression"},
         "versions": {**environment(), "numpy": np.__version__, "msgpack": ".".join(map(str, msgpack.version)),

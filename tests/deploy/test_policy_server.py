@@ -276,6 +276,29 @@ def test_benchmark_smoke(capsys):
     assert '"benchmark": "server_roundtrip"' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("payload", ["calvin", "xbot"])
+def test_benchmark_serves_a_random_checkpoint_through_the_servers_loader(payload, monkeypatch, capsys):
+    """--policy random saves a checkpoint of the payload's embodiment and loads it as the server does, so the round
+    trip includes the model's time on the server's fast path."""
+    from benchmarks.server_roundtrip import main
+    from policy_models import checkpoints
+
+    loaded = []
+    original = checkpoints.load_inference_policy
+    monkeypatch.setattr(checkpoints, "load_inference_policy",
+                        lambda *a, **kw: loaded.append(kw) or original(*a, **kw))
+    report = main(["--payload", payload, "--policy", "random", "--requests", "3", "--warmup", "1", "--clients", "1"])
+    res = report["results"][payload]["sequential"]
+    assert res["requests"] == 3 and res["server_infer_median_ms"] > 0
+    assert res["median_ms"] >= res["server_infer_median_ms"]
+    assert loaded == [{"compile_mode": None}]
+    assert "tiny" in report["settings"]["policy"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--compile"])
+    assert "need a model" in capsys.readouterr().err
+
+
 def test_server_command_line_fake(tmp_path):
     import socket
     import subprocess
