@@ -34,6 +34,7 @@ from policy_models.diffusion.dit import DiffusionTransformer
 from policy_models.diffusion.edm import GCDenoiser, make_sample_density
 from policy_models.diffusion.samplers import get_sampler, get_sigmas, initial_noise
 from policy_models.video_former import build_video_former
+from vpp_core.side_stream import SideStream
 
 FROZEN_MODULES = ("tvp_encoder", "goal_encoder")
 # DiT parameters that exist (and are saved) but are never trained: pos_emb and goal_emb are unused by design.
@@ -288,13 +289,15 @@ class VPPPolicy(nn.Module):
         return self._feature_layout(*self._stacked_features(rgb_obs, texts, generator, noise, cache_text))
 
     def _stacked_features(self, rgb_obs: Mapping[str, Any], texts: Sequence[str], generator: torch.Generator | None,
-                          noise: torch.Tensor | None, cache_text: bool) -> tuple[torch.Tensor, int]:
+                          noise: torch.Tensor | None, cache_text: bool,
+                          text_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """The U-Net features of the cameras stacked on the batch, (n_cams * B, F, C, h, w), and B."""
         self._require_backbone()
         imgs = self._camera_inputs(rgb_obs)
         if len(texts) != imgs[0].shape[0]:
             raise ValueError(f"got {len(texts)} instructions for a batch of {imgs[0].shape[0]}")
-        text_tokens = self.tvp_encoder.text_tokens(list(texts) * len(imgs), cache=cache_text)
+        if text_tokens is None:
+            text_tokens = self._unet_text_tokens(texts, cache=cache_text)
         feats = self.tvp_encoder.features(torch.cat(imgs, dim=0), text_tokens, generator=generator, noise=noise)
         return feats, imgs[0].shape[0]
 
@@ -310,16 +313,32 @@ class VPPPolicy(nn.Module):
         it, so that a compiled action head fuses the layout's copies of the features (gigabytes at batch 32)."""
         return self.Video_Former(self._feature_layout(feats, batch))
 
+    def _unet_text_tokens(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
+        """The U-Net's text tokens of every camera's copy of the batch, (n_cams * B, L, D): cameras stacked as the
+        images are."""
+        return self.tvp_encoder.text_tokens(list(texts) * len(self.embodiment.cameras), cache=cache)
+
+    def _training_text(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(goal, U-Net text tokens) of a training batch, encoded on the policy's text side stream: the CLIP text
+        tower reads its padding mask on the host, which on the main stream would wait for the training step still
+        queued there, and the GPU would then idle while the host queues this one (vpp_core.side_stream)."""
+        self._require_backbone()
+        streams = self.__dict__.setdefault("_text_streams", {})
+        if self.device not in streams:
+            streams[self.device] = SideStream(self.device)
+        return streams[self.device].run(lambda: (self.encode_goal(texts), self._unet_text_tokens(texts)))
+
     def encode_goal(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
         self._require_backbone()
         return self.goal_encoder(list(texts), cache=cache).to(self.device)
 
     def encode_observations(
         self, rgb_obs: Mapping[str, Any], texts: Sequence[str], generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None, cache_text: bool = False,
+        noise: torch.Tensor | None = None, cache_text: bool = False, text_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Visual tokens (B, num_latents, latent_dim) from the Video Former."""
-        feats, batch = self._stacked_features(rgb_obs, texts, generator, noise, cache_text)
+        """Visual tokens (B, num_latents, latent_dim) from the Video Former. `text_tokens`: the U-Net text tokens of
+        `texts` (`_unet_text_tokens`), where the caller has encoded them already."""
+        feats, batch = self._stacked_features(rgb_obs, texts, generator, noise, cache_text, text_tokens)
         return self._action_head_fn("former", self._former_tokens)(feats, batch)
 
     # ------------------------------------------------------------------ training
@@ -341,10 +360,9 @@ class VPPPolicy(nn.Module):
                 f"got {tuple(actions.shape)}"
             )
         proprio = self._state_input(batch.get("state_obs"), actions.shape[0])
-        # the goal first: the text tower is small, and any host sync in it (the tokenizer's upload, the text model's
-        # own checks) then happens before the frozen U-Net pass is queued rather than behind it
-        goal = self.encode_goal(texts)
-        tokens = self.encode_observations(batch["rgb_obs"], texts, generator=generator)
+        # the text first, on its side stream: the frozen U-Net pass is then queued behind nothing that waits
+        goal, text_tokens = self._training_text(texts)
+        tokens = self.encode_observations(batch["rgb_obs"], texts, generator=generator, text_tokens=text_tokens)
         sigmas = self._sample_density((actions.shape[0],), device=self.device, generator=generator)
         gen_device = generator.device if generator is not None else self.device
         noise = torch.randn(actions.shape, generator=generator, device=gen_device, dtype=actions.dtype).to(self.device)

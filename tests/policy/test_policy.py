@@ -94,6 +94,25 @@ def test_compute_loss_backprops_only_into_trainable_weights(tiny_policy):
         policy.eval()
 
 
+def test_training_text_is_encoded_in_one_side_stream_call(tiny_policy, monkeypatch):
+    """compute_loss encodes the goal and the U-Net text tokens of every camera in one call on the policy's text side
+    stream (on CUDA that call does not wait for the step queued before it: test_training_text_side_stream_gpu.py)."""
+    from vpp_core.side_stream import SideStream
+
+    texts = ["open the drawer", "turn on the led"]
+    runs = []
+    original = SideStream.run
+    monkeypatch.setattr(SideStream, "run", lambda self, fn: runs.append(self) or original(self, fn))
+    batch = {"rgb_obs": {c: torch.rand(2, 1, 3, 64, 64) * 2 - 1 for c in ("rgb_static", "rgb_gripper")},
+             "lang_text": texts, "actions": torch.rand(2, 10, 7) * 2 - 1}
+    tiny_policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert len(runs) == 1 and runs[0].device == tiny_policy.device
+    goal, tokens = tiny_policy._training_text(texts)
+    assert len(runs) == 2 and runs[1] is runs[0]  # one stream per device, kept
+    assert torch.equal(goal, tiny_policy.encode_goal(texts))
+    assert torch.equal(tokens, tiny_policy.tvp_encoder.text_tokens(texts * 2))  # cameras stacked as the images
+
+
 def test_frozen_models_are_not_in_the_state_dict_and_load_strictly(tiny_policy):
     sd = tiny_policy.state_dict()
     assert all(k.startswith(("Video_Former.", "model.inner_model.")) for k in sd)
