@@ -76,7 +76,10 @@ def bench_payload(name: str, policy, args) -> dict:
     spec = PAYLOADS[name]
     obs = _observation(spec, np.random.default_rng(0))
     result = {"request_bytes": len(packb({"observation": obs, "instruction": "pick up the red block"}))}
-    with PolicyServer(policy, host="127.0.0.1", port=0).start_in_thread() as srv:
+    server = PolicyServer(policy, host="127.0.0.1", port=0)
+    if args.policy != "fake" or args.checkpoint:  # compiling (with --compile) outlasts a client's timeout
+        result["warm_up_s"] = server.warm_up()
+    with server.start_in_thread() as srv:
         lat, inf = [], []
         wall = _client_run(srv.port, obs, args.requests, args.warmup, lat, inf)
         result["sequential"] = {**_summary(lat, wall), "server_infer_median_ms": float(np.median(inf))}

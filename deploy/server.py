@@ -232,9 +232,9 @@ class PolicyServer:
             t0 = time.perf_counter()
             with _no_grad():
                 out = self.policy.predict_action_chunk(policy_obs, instruction)
+            if hasattr(out, "detach"):  # the copy to the host waits for the GPU: infer_ms includes its work
+                out = out.detach().float().cpu().numpy()
             t1 = time.perf_counter()
-        if hasattr(out, "detach"):
-            out = out.detach().float().cpu().numpy()
         actions = np.asarray(out, dtype=np.float32)
         if actions.shape == (1, self.chunk_length, self.action_dim):
             actions = actions[0]
@@ -244,6 +244,24 @@ class PolicyServer:
         if self.stats is not None:
             actions = np.asarray(self.stats.denormalize_action(actions), dtype=np.float32)
         return actions, {"wait_ms": (t0 - t_wait) * 1e3, "infer_ms": (t1 - t0) * 1e3}
+
+    def warm_up(self, instruction: str = "warm up") -> float:
+        """Answer one blank request (black frames of each camera's `image_shapes`, else of the model's resolution; a
+        zero state) through the request path, and return the seconds it took. With a compiled policy the first chunk
+        compiles for minutes at full size, far beyond a client's reply timeout; warmed up before serving, the first
+        client only waits for the CUDA graph of its own frame sizes, if those differ."""
+        frames = {}
+        for cam, shape in self.image_shapes.items():
+            if shape is None and not isinstance(self.resolution, int):
+                raise ValueError(f"cannot warm up: camera {cam!r} has no image_shapes and the policy no resolution")
+            frames[cam] = np.zeros(shape or (self.resolution, self.resolution, 3), dtype=np.uint8)
+        observation: dict[str, Any] = {"rgb_obs": frames}
+        if self.state_dim:
+            observation["state_obs"] = np.zeros(self.state_dim, dtype=np.float32)
+        request = {"observation": observation, "instruction": instruction, "token": self.token}
+        t0 = time.perf_counter()
+        self.infer(*self.validate(request))
+        return time.perf_counter() - t0
 
     async def handle_message(self, message: bytes | str) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -438,6 +456,9 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,
                           max_request_bytes=int(args.max_request_mb * 2**20))
+    if not fake and args.compile:
+        log.info("compiling the policy on a blank request before serving (minutes at full size)")
+        log.info("warmed up in %.1f s", server.warm_up())
     try:
         asyncio.run(server.serve_forever())
     except KeyboardInterrupt:

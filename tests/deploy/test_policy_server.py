@@ -291,12 +291,76 @@ def test_benchmark_serves_a_random_checkpoint_through_the_servers_loader(payload
     res = report["results"][payload]["sequential"]
     assert res["requests"] == 3 and res["server_infer_median_ms"] > 0
     assert res["median_ms"] >= res["server_infer_median_ms"]
+    assert report["results"][payload]["warm_up_s"] > 0
     assert loaded == [{"compile_mode": None}]
     assert "tiny" in report["settings"]["policy"]
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["--compile"])
     assert "need a model" in capsys.readouterr().err
+
+
+def test_infer_ms_includes_the_copy_of_the_actions_to_the_host():
+    """On CUDA the policy returns before the GPU has finished; the copy to the host is where the time goes."""
+    import torch
+
+    class SlowCopy:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def detach(self):
+            return self
+
+        def float(self):
+            return self
+
+        def cpu(self):
+            time.sleep(0.05)
+            return self.tensor
+
+    policy = FakePolicy()
+    policy.predict_action_chunk = lambda obs, instruction: SlowCopy(torch.zeros(1, 10, 7))
+    server = PolicyServer(policy, image_shapes={"rgb_static": (8, 8, 3), "rgb_gripper": (8, 8, 3)})
+    actions, timing = server.infer({"rgb_obs": {}}, "x")
+    assert actions.shape == (10, 7) and timing["infer_ms"] >= 50.0
+
+
+def test_warm_up_answers_a_blank_request_of_the_expected_shapes():
+    policy = FakePolicy(cameras=("a", "b"), state_dim=3, action_dim=3, chunk_length=2)
+    policy.resolution = 16
+    server = PolicyServer(policy, token="tok", image_shapes={"a": (24, 32, 3)})
+    assert server.warm_up() > 0 and policy.calls == 1
+    frames = policy.last_obs["rgb_obs"]
+    assert frames["a"].shape == (1, 24, 32, 3) and frames["b"].shape == (1, 16, 16, 3)
+    assert frames["a"].dtype == np.uint8 and not frames["a"].any()
+    assert tuple(policy.last_obs["state_obs"].shape) == (1, 3) and policy.last_instruction == "warm up"
+    with pytest.raises(ValueError, match="camera 'b' has no image_shapes"):
+        PolicyServer(FakePolicy(cameras=("a", "b")), image_shapes={"a": (8, 8, 3)}).warm_up()
+
+
+@pytest.mark.parametrize("compile_mode", [None, "default"])
+def test_server_warms_up_before_serving_only_when_compiling(compile_mode, monkeypatch):
+    """A compiled policy compiles on its first chunk (minutes at full size): the server does that before it listens,
+    not while the first client waits for a reply."""
+    import argparse
+
+    from deploy import server as server_module
+    from policy_models import checkpoints
+
+    events = []
+    policy = FakePolicy()
+    monkeypatch.setattr(checkpoints, "load_inference_policy", lambda *a, **kw: policy)
+    monkeypatch.setattr(PolicyServer, "warm_up", lambda self: events.append("warm up") or 1.0)
+
+    async def serve_forever(self):
+        events.append("serve")
+
+    monkeypatch.setattr(PolicyServer, "serve_forever", serve_forever)
+    parser = argparse.ArgumentParser()
+    server_module.add_server_args(parser)
+    argv = ["--checkpoint", "CKPT", "--device", "cpu"] + (["--compile", compile_mode] if compile_mode else [])
+    server_module.run_server_from_args(parser.parse_args(argv))
+    assert events == (["warm up", "serve"] if compile_mode else ["serve"])
 
 
 def test_server_command_line_fake(tmp_path):
