@@ -139,7 +139,8 @@ def main(argv=None) -> dict:
     p.add_argument("--video_model_path", default=None)
     p.add_argument("--clip_model_path", default=None)
     p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES_WITHOUT_CUDA_GRAPHS,
-                   metavar="MODE", help="the server's --compile")
+                   metavar="MODE", help="compile the policy, as the server does on CUDA by default (default: "
+                   "the eager passes in CUDA graphs, as `serve --compile none`)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     if (args.video_model_path is None) != (args.clip_model_path is None):

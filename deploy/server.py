@@ -413,9 +413,11 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use_ema", action="store_true", help="load ema.safetensors instead of model.safetensors")
     p.add_argument("--cudnn_benchmark", action="store_true",
                    help="CUDA: cuDNN picks the fastest convolution algorithms (faster chunks; may round differently)")
-    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES_WITHOUT_CUDA_GRAPHS,
-                   metavar="MODE", help="torch.compile the video model's passes and the action head (MODE: default or "
-                   "max-autotune-no-cudagraphs; faster chunks, close to eager but not bit-identical)")
+    p.add_argument("--compile", nargs="?", const="default", default=AUTO,
+                   choices=[AUTO, "none", *COMPILE_MODES_WITHOUT_CUDA_GRAPHS], metavar="MODE",
+                   help="torch.compile the video model's passes and the action head (auto, the default: default on "
+                   "CUDA, none elsewhere; none; default; max-autotune-no-cudagraphs). Compiling takes minutes, before "
+                   "the server listens; the chunks are then faster, close to eager but not bit-identical")
     p.add_argument("--short_query_attention", default=AUTO, choices=[AUTO, True, False], metavar="{auto,true,false}",
                    type=lambda text: text if text == AUTO else {"true": True, "false": False}.get(text, text),
                    help="the U-Net's 16-frame attention on the memory-efficient kernel (auto: on CUDA; same attention, "
@@ -435,29 +437,31 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
     if fake:
         from deploy.fake_policy import FakePolicy
 
-        policy = FakePolicy()
+        policy, compile_mode = FakePolicy(), None
     else:
         if not args.checkpoint:
             raise SystemExit("error: --checkpoint is required (or --fake)")
-        device = args.device
-        if device is None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         # heavy: only when serving a model. Inference runs under the server's lock, so the first request's graph
         # capture overlaps no other CUDA work
-        from policy_models.checkpoints import load_inference_policy
+        import torch
 
+        from policy_models.checkpoints import load_inference_policy
+        from vpp_core.config import compile_setting, resolve_compile_setting
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+        compile_mode = resolve_compile_setting(compile_setting(args.compile, "--compile"), torch.device(device).type)
         policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
                                        use_ema=args.use_ema, cudnn_benchmark=args.cudnn_benchmark,
-                                       compile_mode=args.compile, short_query_attention=args.short_query_attention,
+                                       compile_mode=compile_mode, short_query_attention=args.short_query_attention,
                                        float32_matmul_precision=args.float32_matmul_precision)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,
                           max_request_bytes=int(args.max_request_mb * 2**20))
-    if not fake and args.compile:
-        log.info("compiling the policy on a blank request before serving (minutes at full size)")
+    if not fake and compile_mode is not None:
+        log.info("compiling the policy (%s) on a blank request before serving: minutes at full size (--compile none "
+                 "serves at once, with slower chunks)", compile_mode)
         log.info("warmed up in %.1f s", server.warm_up())
     try:
         asyncio.run(server.serve_forever())

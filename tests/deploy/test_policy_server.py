@@ -338,10 +338,11 @@ def test_warm_up_answers_a_blank_request_of_the_expected_shapes():
         PolicyServer(FakePolicy(cameras=("a", "b")), image_shapes={"a": (8, 8, 3)}).warm_up()
 
 
-@pytest.mark.parametrize("compile_mode", [None, "default"])
-def test_server_warms_up_before_serving_only_when_compiling(compile_mode, monkeypatch):
+@pytest.mark.parametrize("flag, compiled", [([], None), (["--compile", "none"], None),
+                                           (["--compile"], "default")])
+def test_server_warms_up_before_serving_only_when_compiling(flag, compiled, monkeypatch):
     """A compiled policy compiles on its first chunk (minutes at full size): the server does that before it listens,
-    not while the first client waits for a reply."""
+    not while the first client waits for a reply. The default, auto, compiles on CUDA only."""
     import argparse
 
     from deploy import server as server_module
@@ -349,7 +350,8 @@ def test_server_warms_up_before_serving_only_when_compiling(compile_mode, monkey
 
     events = []
     policy = FakePolicy()
-    monkeypatch.setattr(checkpoints, "load_inference_policy", lambda *a, **kw: policy)
+    monkeypatch.setattr(checkpoints, "load_inference_policy",
+                        lambda *a, compile_mode, **kw: events.append(("load", compile_mode)) or policy)
     monkeypatch.setattr(PolicyServer, "warm_up", lambda self: events.append("warm up") or 1.0)
 
     async def serve_forever(self):
@@ -358,9 +360,8 @@ def test_server_warms_up_before_serving_only_when_compiling(compile_mode, monkey
     monkeypatch.setattr(PolicyServer, "serve_forever", serve_forever)
     parser = argparse.ArgumentParser()
     server_module.add_server_args(parser)
-    argv = ["--checkpoint", "CKPT", "--device", "cpu"] + (["--compile", compile_mode] if compile_mode else [])
-    server_module.run_server_from_args(parser.parse_args(argv))
-    assert events == (["warm up", "serve"] if compile_mode else ["serve"])
+    server_module.run_server_from_args(parser.parse_args(["--checkpoint", "CKPT", "--device", "cpu", *flag]))
+    assert events == [("load", compiled), *(["warm up"] if compiled else []), "serve"]
 
 
 def test_server_command_line_fake(tmp_path):

@@ -132,7 +132,8 @@ def test_server_compile_flag_compiles_the_loaded_policy(xbot_checkpoint, monkeyp
     parser = argparse.ArgumentParser()
     add_server_args(parser)
     assert parser.parse_args(["--compile"]).compile == "default"
-    assert parser.parse_args([]).compile is None
+    assert parser.parse_args([]).compile == "auto"  # compiled on CUDA, warmed up before the server listens
+    assert parser.parse_args(["--compile", "none"]).compile == "none"
 
 
 def test_server_sets_the_float32_matmul_precision(xbot_checkpoint, monkeypatch):
