@@ -159,7 +159,9 @@ def main(argv=None) -> dict:
         for name in names:
             results[name] = bench_payload(name, _served_policy(name, args, Path(tmp)), args)
 
-    from benchmarks.common import emit, environment
+    import torch
+
+    from benchmarks.common import emit, environment, peak_memory_gib, peak_reserved_gib
 
     report = {
         "benchmark": "server_roundtrip",
@@ -174,6 +176,9 @@ def main(argv=None) -> dict:
                      "websockets": websockets.__version__, "deploy": __version__, "cpus": os.cpu_count(),
                      "platform": platform.platform(), "loadavg_1m_at_end": os.getloadavg()[0]},
         "results": results,
+        # on CUDA: the peak of the whole run, over the payloads' policies built in turn in this process
+        "peak_memory_gib": peak_memory_gib(torch.device(args.device)),
+        "peak_reserved_gib": peak_reserved_gib(torch.device(args.device)),
     }
     emit(report)
     return report
