@@ -20,8 +20,8 @@ MODEL_CONFIGS = {"calvin": "calvin.yaml", "xbot": "xbot.yaml"}
 
 def write_random_checkpoint(out: Path, embodiment: str, video_model_path: str, clip_model_path: str,
                             tiny: bool = False, seed: int = 0) -> Path:
-    """The checkpoint folder (config.yaml, model.safetensors, stats.json) of a random `embodiment` policy, under
-    `out`/checkpoint."""
+    """The checkpoint folder of a random `embodiment` policy, under `out`/checkpoint: config.yaml, model.safetensors,
+    and stats.json for an embodiment with a state."""
     from omegaconf import OmegaConf
 
     from policy_models.checkpoints import save_policy_checkpoint

@@ -449,7 +449,6 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
         from vpp_core.config import compile_setting, resolve_compile_setting
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
         compile_mode = resolve_compile_setting(compile_setting(args.compile, "--compile"), torch.device(device).type)
         policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
                                        use_ema=args.use_ema, cudnn_benchmark=args.cudnn_benchmark,

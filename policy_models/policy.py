@@ -167,6 +167,12 @@ class VPPPolicy(nn.Module):
     def uses_state(self) -> bool:
         return self.config.embodiment.state_dim > 0
 
+    def _apply(self, fn, *args, **kwargs):
+        # moved or cast weights: the text side stream waits for the main stream once, before its first work, so a
+        # stream made before the move could read the text tower before its copy has landed; make new ones
+        self.__dict__.pop("_text_streams", None)
+        return super()._apply(fn, *args, **kwargs)
+
     @property
     def device(self) -> torch.device:
         return self.model.inner_model.action_pred.weight.device

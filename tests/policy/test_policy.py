@@ -111,6 +111,9 @@ def test_training_text_is_encoded_in_one_side_stream_call(tiny_policy, monkeypat
     assert len(runs) == 2 and runs[1] is runs[0]  # one stream per device, kept
     assert torch.equal(goal, tiny_policy.encode_goal(texts))
     assert torch.equal(tokens, tiny_policy.tvp_encoder.text_tokens(texts * 2))  # cameras stacked as the images
+    tiny_policy.to("cpu")  # a stream made before a move would not wait for the moved weights: moving drops it
+    tiny_policy._training_text(texts)
+    assert len(runs) == 3 and runs[2] is not runs[0]
 
 
 def test_frozen_models_are_not_in_the_state_dict_and_load_strictly(tiny_policy):
