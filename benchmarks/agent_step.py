@@ -68,12 +68,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     tiny = args.video_model_path is None
     with tempfile.TemporaryDirectory() as tmp:
-        video, clip = args.video_model_path, args.clip_model_path
-        if tiny:
-            from video_models.builders import make_tiny_video_model_folders
-
-            video, clip = (str(f) for f in make_tiny_video_model_folders(tmp))
-        checkpoint = write_random_checkpoint(Path(tmp), "xbot", video, clip, tiny)
+        checkpoint, video, clip = write_random_checkpoint(Path(tmp), "xbot", args.video_model_path,
+                                                          args.clip_model_path)
         agent = build_agent(checkpoint, video, clip, args)
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in agent.cameras]

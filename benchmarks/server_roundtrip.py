@@ -77,7 +77,7 @@ def bench_payload(name: str, policy, args) -> dict:
     obs = _observation(spec, np.random.default_rng(0))
     result = {"request_bytes": len(packb({"observation": obs, "instruction": "pick up the red block"}))}
     server = PolicyServer(policy, host="127.0.0.1", port=0)
-    if args.policy != "fake" or args.checkpoint:  # compiling (with --compile) outlasts a client's timeout
+    if _serves_a_model(args):  # compiling (with --compile) outlasts a client's timeout
         result["warm_up_s"] = server.warm_up()
     with server.start_in_thread() as srv:
         lat, inf = [], []
@@ -99,9 +99,14 @@ def bench_payload(name: str, policy, args) -> dict:
     return result
 
 
+def _serves_a_model(args) -> bool:
+    """A checkpoint (given or random) rather than the fake policy."""
+    return args.checkpoint is not None or args.policy != "fake"
+
+
 def _served_policy(name: str, args, tmp: Path):
     """The policy the server answers `name`'s payload with: the fake one, or a checkpoint loaded as the server does."""
-    if args.checkpoint is None and args.policy == "fake":
+    if not _serves_a_model(args):
         from deploy.fake_policy import FakePolicy
 
         spec = PAYLOADS[name]
@@ -114,12 +119,7 @@ def _served_policy(name: str, args, tmp: Path):
     if checkpoint is None:
         from benchmarks.random_checkpoint import write_random_checkpoint
 
-        tiny = video is None
-        if tiny:
-            from video_models.builders import make_tiny_video_model_folders
-
-            video, clip = (str(f) for f in make_tiny_video_model_folders(tmp))
-        checkpoint = write_random_checkpoint(tmp / name, name, video, clip, tiny=tiny)
+        checkpoint, video, clip = write_random_checkpoint(tmp / name, name, video, clip)
     return load_inference_policy(checkpoint, video, clip, args.device, compile_mode=args.compile)
 
 
@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if (args.video_model_path is None) != (args.clip_model_path is None):
         p.error("give both --video_model_path and --clip_model_path, or neither")
-    if args.checkpoint is None and args.policy == "fake" and (args.compile or args.video_model_path):
+    if not _serves_a_model(args) and (args.compile or args.video_model_path):
         p.error("--compile and the model folders need a model: --policy random or --checkpoint")
 
     import msgpack

@@ -170,7 +170,7 @@ class VPPPolicy(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # moved or cast weights: the text side stream waits for the main stream once, before its first work, so a
         # stream made before the move could read the text tower before its copy has landed; make new ones
-        self.__dict__.pop("_text_streams", None)
+        self.__dict__.pop("_text_stream", None)
         return super()._apply(fn, *args, **kwargs)
 
     @property
@@ -329,10 +329,10 @@ class VPPPolicy(nn.Module):
         tower reads its padding mask on the host, which on the main stream would wait for the training step still
         queued there, and the GPU would then idle while the host queues this one (vpp_core.side_stream)."""
         self._require_backbone()
-        streams = self.__dict__.setdefault("_text_streams", {})
-        if self.device not in streams:
-            streams[self.device] = SideStream(self.device)
-        return streams[self.device].run(lambda: (self.encode_goal(texts), self._unet_text_tokens(texts)))
+        stream = self.__dict__.get("_text_stream")
+        if stream is None:  # made on first use after each move (`_apply`), so it is on the policy's device
+            stream = self.__dict__["_text_stream"] = SideStream(self.device)
+        return stream.run(lambda: (self.encode_goal(texts), self._unet_text_tokens(texts)))
 
     def encode_goal(self, texts: Sequence[str], cache: bool = False) -> torch.Tensor:
         self._require_backbone()

@@ -376,3 +376,13 @@ def test_agent_step_times_the_agent_on_a_saved_checkpoint(eager, monkeypatch, ca
     with pytest.raises(SystemExit):
         agent_step.main(["--device", "cpu", "--frame", "480"])
     assert "--frame must be HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+def test_random_checkpoint_refuses_an_unknown_embodiment_or_half_the_folders(tmp_path):
+    from benchmarks.random_checkpoint import write_random_checkpoint
+
+    with pytest.raises(ValueError, match="no model config for embodiment 'franka'"):
+        write_random_checkpoint(tmp_path, "franka")
+    with pytest.raises(ValueError, match="both the video model and the CLIP folder"):
+        write_random_checkpoint(tmp_path, "xbot", video_model_path="W/svd")
+    assert not any(tmp_path.iterdir())  # nothing written before the checks
