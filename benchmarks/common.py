@@ -154,10 +154,45 @@ def kernel_profile(fn: Callable[[], Any], device: torch.device, top: int, iters:
                 "share": e.self_device_time_total / total_us, "calls": e.count // iters}
                for e in events[:top]]
     result = {"gpu_ms_per_call": total_us / 1000 / iters, "kernels": kernels,
+              "kinds": kernel_kinds([(e.key, e.self_device_time_total, e.count) for e in events], iters),
               "timeline": device_timeline(device_ops, iters, host_ops)}
     if launchers:
         result["launchers"] = kernel_launchers(prof.events(), [k["name"] for k in kernels], iters)
     return result
+
+
+# (kind, substrings of the kernel name), matched in this order: the first kind with a matching substring wins.
+# Inductor's generated kernels are named after every op they fused ("triton_poi_fused_convolution_silu"), so they are
+# matched first; cuDNN's layout transposes before its convolutions.
+KERNEL_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fused elementwise and norms (triton)", ("triton_",)),
+    ("layout transposes", ("nchwToNhwc", "nhwcToNchw")),
+    ("attention", ("fmha", "sdpa", "flash", "attention", "Attention")),
+    ("convolutions", ("fprop", "dgrad", "wgrad", "conv", "Conv")),
+    ("matrix products", ("nvjet", "gemm", "gemv", "Gemv", "splitKreduce")),
+    ("multi-tensor (optimizer, gradient norms)", ("multi_tensor_apply",)),
+    ("copies and fills", ("copy", "Memcpy", "Memset", "fill")),
+    ("other elementwise", ("elementwise_kernel", "reduce_kernel")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """Which kind of work a kernel is, from its name (KERNEL_KINDS; "other" when nothing matches)."""
+    for kind, substrings in KERNEL_KINDS:
+        if any(s in name for s in substrings):
+            return kind
+    return "other"
+
+
+def kernel_kinds(kernels: list[tuple[str, float, int]], iters: int) -> dict[str, dict[str, float]]:
+    """GPU time and launches per call by kernel kind, over every kernel (name, total microseconds, launches), not
+    only the listed top ones: how much a faster kernel of one kind could buy at most. Largest kind first."""
+    kinds: dict[str, dict[str, float]] = {}
+    for name, total_us, count in kernels:
+        entry = kinds.setdefault(kernel_kind(name), {"ms_per_call": 0.0, "launches_per_call": 0})
+        entry["ms_per_call"] += total_us / 1000 / iters
+        entry["launches_per_call"] += count // iters
+    return dict(sorted(kinds.items(), key=lambda item: -item[1]["ms_per_call"]))
 
 
 def kernel_launchers(events: Any, kernel_names: list[str], iters: int, per_kernel: int = 4) -> dict[str, Any]:

@@ -237,6 +237,37 @@ def test_kernel_launchers_attribute_each_kernel_to_the_ops_that_launched_it():
         {"op": "aten::cudnn_convolution [[6, 320, 32, 32]]", "ms_per_call": 0.03, "share": 0.4}]
 
 
+def test_kernel_kinds_sum_every_kernel_by_its_kind():
+    from benchmarks.common import kernel_kind, kernel_kinds
+
+    # names as the H100 profiles list them (docs/bench/session18_chunk_b1_profile_all.json)
+    names = {
+        "triton_poi_fused_convolution_native_group_norm_silu_150": "fused elementwise and norms (triton)",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__half, __half, float, false, true>": "layout transposes",
+        "fmha_cutlassF_f32_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<float>": "attention",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64": "attention",
+        "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x192x64": "convolutions",
+        "sm90_xmma_wgrad_indexed_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "convolutions",
+        "nvjet_sm90_hsh_128x256_64x4_2x1_v_bz_coopA_bias_TNN": "matrix products",
+        "void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_64x64_32x6_tn_align4>": "matrix products",
+        "void cublasLt::splitKreduce_kernel<32, 16, int, float, float>": "matrix products",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata>":
+            "multi-tensor (optimizer, gradient norms)",
+        "void at::native::elementwise_kernel<128, 4, gpu_kernel_impl_nocast<direct_copy_kernel_cuda>>":
+            "copies and fills",
+        "void at::native::vectorized_elementwise_kernel<4, AUnaryFunctor<float, float, float>>": "other elementwise",
+        "Memset (Device)": "copies and fills",
+        "void some_unknown_kernel<float>": "other",
+    }
+    assert {name: kernel_kind(name) for name in names} == names
+
+    kinds = kernel_kinds([("nvjet_sm90_a", 3000.0, 6), ("triton_poi_fused_gelu_mul_1", 1000.0, 4),
+                          ("nvjet_sm90_b", 1000.0, 2), ("Memset (Device)", 10.0, 2)], iters=2)
+    assert list(kinds) == ["matrix products", "fused elementwise and norms (triton)", "copies and fills"]
+    assert kinds["matrix products"] == {"ms_per_call": 2.0, "launches_per_call": 4}
+    assert kinds["fused elementwise and norms (triton)"] == {"ms_per_call": 0.5, "launches_per_call": 2}
+
+
 def test_channels_last_activations_keep_the_unet_output():
     """The layout experiment changes where each convolution reads and writes, not what the U-Net computes."""
     import torch
