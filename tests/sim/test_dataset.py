@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
+pytest.importorskip("pybullet")  # the simulator; a declared dependency, but minimal images may lack it
+
 import vpp_sim.generate as gen
 from vpp_sim.generate import generate, main
 

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+pytest.importorskip("pybullet")  # the simulator; a declared dependency, but minimal images may lack it
+
 from vpp_sim import make_sim_env
 from vpp_sim.env import MAX_REL_ORN, MAX_REL_POS, TabletopEnv
 from vpp_sim.tasks import get_env_state_for_initial_condition

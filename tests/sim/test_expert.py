@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+pytest.importorskip("pybullet")  # the simulator; a declared dependency, but minimal images may lack it
+
 from vpp_sim.demos import run_expert_episode
 from vpp_sim.env import TabletopEnv
 from vpp_sim.tasks import SIM_TASKS
