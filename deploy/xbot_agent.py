@@ -11,6 +11,8 @@ Differences from the original: the config comes from the checkpoint folder (the 
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from policy_models.normalization import Stats, absolute_actions, check_relative_
 
 IMAGE_SIZE = 256  # step1_prepare_latent wrote 256 x 256 training videos (bilinear, no antialias, after letterboxing)
 
+log = logging.getLogger(__name__)
+
 
 class XbotAgent:
     """Load a stage-2 checkpoint (or take an injected ``policy``) and run it on three camera images + a 38-D state.
@@ -36,23 +40,30 @@ class XbotAgent:
         stats: a :class:`Stats`, a dict or a path; default ``{checkpoint_dir}/stats.json``.
         letterbox: pad uint8 frames to 4:3 before resizing, as the training videos were (default True).
         compile_mode / float32_matmul_precision / short_query_attention: as the policy server's flags of these
-            names (a loaded checkpoint runs the server's fast path: on CUDA one CUDA graph per chunk, TF32 and the
-            short-query attention kernels by default; compiling is opt-in, since the first chunk would otherwise pay
-            minutes of compilation).
+            names (a loaded checkpoint runs the server's fast path: on CUDA one CUDA graph per chunk, TF32, the
+            short-query attention kernels and compiled passes by default; ``compile_mode=None`` starts at once, with
+            slower chunks).
+        warm_up: answer one blank chunk before returning (:meth:`warm_up`). Default: when this agent compiled the
+            policy, so that the minutes of compiling pass here rather than inside the robot's loop.
     """
 
     def __init__(self, checkpoint_dir: str | Path | None = None, video_model_path: str | None = None,
                  clip_model_path: str | None = None, device: str | None = None, *, policy: Any = None,
                  stats: Stats | dict | str | Path | None = None, use_ema: bool = False, dtype: Any = None,
-                 letterbox: bool = True, compile_mode: str | None = None, float32_matmul_precision: str = "high",
-                 short_query_attention: bool | str = "auto"):
+                 letterbox: bool = True, compile_mode: str | None = "auto", float32_matmul_precision: str = "high",
+                 short_query_attention: bool | str = "auto", warm_up: bool | None = None):
         if device is None:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        self.compile_mode: str | None = None  # how this agent compiled the policy it loaded (None: not compiled)
         if policy is None:
             if checkpoint_dir is None:
                 raise ValueError("XbotAgent needs checkpoint_dir (or an injected policy=)")
             from policy_models.checkpoints import load_inference_policy
+            from vpp_core.config import compile_setting, resolve_compile_setting
 
+            compile_mode = resolve_compile_setting(compile_setting(compile_mode, "compile_mode"),
+                                                   torch.device(device).type)
+            self.compile_mode = compile_mode
             policy = load_inference_policy(str(checkpoint_dir), video_model_path, clip_model_path, device,
                                            use_ema=use_ema, compile_mode=compile_mode,
                                            float32_matmul_precision=float32_matmul_precision,
@@ -89,6 +100,20 @@ class XbotAgent:
         # the original attribute names
         self.action_01, self.action_99 = self.stats.action_01, self.stats.action_99
         self.state_01, self.state_99 = self.stats.state_01, self.stats.state_99
+        if self.compile_mode is not None if warm_up is None else warm_up:
+            if self.compile_mode is not None:
+                log.info("compiling the policy (%s) on a blank chunk: minutes at full size (compile_mode=None starts "
+                         "at once, with slower chunks)", self.compile_mode)
+            log.info("warmed up in %.1f s", self.warm_up())
+
+    def warm_up(self, instruction: str = "warm up") -> float:
+        """Run one chunk on black frames and a zero state, and return the seconds it took. The policy compiles (when
+        asked to) and captures its CUDA graph on its first chunk; every frame is resized to the same size before the
+        policy, so after this the robot's first chunk runs as fast as the rest."""
+        black = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        t0 = time.perf_counter()
+        self.run_3image(black, black, black, instruction, np.zeros(self.stats.state_dim))
+        return time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------------------------------
     def _policy_device(self):

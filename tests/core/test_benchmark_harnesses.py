@@ -404,6 +404,7 @@ def test_agent_step_times_the_agent_on_a_saved_checkpoint(eager, monkeypatch, ca
     assert out["settings"]["eager"] is eager and out["settings"]["frame"] == [48, 64]
     assert fast_path == ([] if eager else [1])
     assert out["settings"]["float32_matmul_precision"] == ("highest" if eager else "high")
+    assert out["settings"]["compile"] is None and out["agent_build_s"] > 0  # the agent's "auto": CUDA only
     with pytest.raises(SystemExit):
         agent_step.main(["--device", "cpu", "--frame", "480"])
     assert "--frame must be HEIGHTxWIDTH" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from deploy import PolicyClient
 from deploy.server import PolicyServer
 from policy_models.checkpoints import load_inference_policy
 from policy_models.normalization import Stats
+from vpp_core.config import ConfigError
 
 POLICY_CONF = Path(__file__).resolve().parents[2] / "policy_conf" / "model"
 CAMS = ["cam_high", "cam_left", "cam_right"]
@@ -53,7 +54,7 @@ def test_xbot_agent_loads_checkpoint_and_runs(xbot_checkpoint):
 
 def test_xbot_agent_loads_through_the_servers_fast_path(xbot_checkpoint, monkeypatch):
     """The in-process agent gets what the server gets: the exact fast path (one CUDA graph per chunk on CUDA), TF32
-    unless asked otherwise, and compiling only when asked."""
+    unless asked otherwise, and compiling by default on CUDA only ("auto")."""
     import step3_deploy_real_xbot
     import video_models.attention_kernels
     from policy_models.policy import VPPPolicy
@@ -71,6 +72,28 @@ def test_xbot_agent_loads_through_the_servers_fast_path(xbot_checkpoint, monkeyp
     step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode="default",
                                      float32_matmul_precision="highest", short_query_attention=True)
     assert calls == ["highest", "exact", "short", "default"]  # the kernels before compiling: the graphs trace them
+    with pytest.raises(ConfigError, match="compile_mode"):
+        step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode="reduce-overhead")
+
+
+def test_xbot_agent_warms_up_when_it_compiles(xbot_checkpoint, monkeypatch):
+    """Compiling takes minutes at full size on the first chunk: the agent runs that chunk before it returns, so the
+    robot's loop never waits for it; without compiling it returns at once."""
+    import step3_deploy_real_xbot
+    from policy_models.policy import VPPPolicy
+
+    run, _, svd, clip, _ = xbot_checkpoint
+    monkeypatch.setattr(VPPPolicy, "compile_for_inference", lambda self, mode="default": None)
+    chunks = []
+    predict = VPPPolicy.predict_action_chunk
+    monkeypatch.setattr(VPPPolicy, "predict_action_chunk",
+                        lambda self, obs, text: chunks.append(text) or predict(self, obs, text))
+    step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu")  # auto: compiles on CUDA only
+    assert chunks == []
+    step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode="default")
+    assert chunks == ["warm up"]
+    step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode="default", warm_up=False)
+    assert chunks == ["warm up"]
 
 
 def test_inference_policy_short_query_kernels_are_installed_when_asked(xbot_checkpoint):

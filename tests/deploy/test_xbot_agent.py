@@ -130,3 +130,16 @@ def test_frames_are_converted_and_resized_on_the_policys_device(monkeypatch):
     monkeypatch.setattr(xbot_agent.F, "interpolate", lambda x, **kw: seen.append(x.device) or interpolate(x, **kw))
     out = agent.preprocess_image(np.zeros((480, 640, 3), np.uint8))
     assert seen == [torch.device("meta")] and out.device.type == "meta" and out.shape == (1, 3, 256, 256)
+
+
+def test_warm_up_runs_one_blank_chunk():
+    stats = make_stats()
+    agent, policy = make_agent(stats)
+    assert policy.calls == 0  # an injected policy is not warmed up unless asked
+    assert agent.warm_up() >= 0 and policy.calls == 1
+    for x in policy.last_obs["rgb_obs"].values():
+        torch.testing.assert_close(x, torch.full((1, 3, 256, 256), -1.0))  # black frames
+    np.testing.assert_allclose(policy.last_obs["state_obs"].numpy()[0],
+                               normalize_bound(np.zeros(38), stats.state_01, stats.state_99), atol=1e-6)
+    _, warmed = make_agent(stats, warm_up=True)
+    assert warmed.calls == 1
