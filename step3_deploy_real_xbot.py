@@ -3,7 +3,7 @@
 In-process (the original's interface)::
 
     from step3_deploy_real_xbot import XbotAgent
-    agent = XbotAgent(checkpoint_dir, video_model_path, clip_model_path, device="cuda:0")
+    agent = XbotAgent(checkpoint_dir, video_model_path, clip_model_path, device="cuda:0")  # compiles: minutes
     delta = agent.run_3image(img_high, img_left, img_right, text, state)     # (1, 8, 38) normalised, relative
     targets = agent.calculate_absolute_action(delta, state)                 # (8, 38) absolute, robot units
 

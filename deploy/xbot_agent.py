@@ -1,6 +1,6 @@
 """In-process deploy wrapper for xbot-style robots (vpp_reference §9.5), with the original's method names.
 
-    agent = XbotAgent(checkpoint_dir, video_model_path, clip_model_path, device="cuda:0")
+    agent = XbotAgent(checkpoint_dir, video_model_path, clip_model_path, device="cuda:0")  # compiles: minutes
     delta = agent.run_3image(img_high, img_left, img_right, "place the bag", state)   # (1, 8, 38) normalised
     targets = agent.calculate_absolute_action(delta, state)                           # (8, 38) robot units
 
