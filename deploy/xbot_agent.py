@@ -100,7 +100,9 @@ class XbotAgent:
         # the original attribute names
         self.action_01, self.action_99 = self.stats.action_01, self.stats.action_99
         self.state_01, self.state_99 = self.stats.state_01, self.stats.state_99
-        if self.compile_mode is not None if warm_up is None else warm_up:
+        if warm_up is None:
+            warm_up = self.compile_mode is not None
+        if warm_up:
             if self.compile_mode is not None:
                 log.info("compiling the policy (%s) on a blank chunk: minutes at full size (compile_mode=None starts "
                          "at once, with slower chunks)", self.compile_mode)

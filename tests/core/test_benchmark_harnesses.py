@@ -240,7 +240,7 @@ def test_kernel_launchers_attribute_each_kernel_to_the_ops_that_launched_it():
 def test_kernel_kinds_sum_every_kernel_by_its_kind():
     from benchmarks.common import kernel_kind, kernel_kinds
 
-    # names as the H100 profiles list them (docs/bench/session18_chunk_b1_profile_all.json)
+    # shortened from the names the H100 profiles list (docs/bench/session18_chunk_b1_profile_all.json)
     names = {
         "triton_poi_fused_convolution_native_group_norm_silu_150": "fused elementwise and norms (triton)",
         "void cudnn::engines_precompiled::nchwToNhwcKernel<__half, __half, float, false, true>": "layout transposes",
