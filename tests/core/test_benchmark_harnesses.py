@@ -24,7 +24,8 @@ def test_stage1_step_sizes(size, latent, monkeypatch, capsys):
     assert out["settings"]["latent"] == [16, 4, latent, latent] and out["parameter_dtype"] == "float32"
     assert out["step"]["median_ms"] > 0 and out["samples_per_s"] > 0
     # CPU: no GPU kernels to list and no device timeline, but the block exists
-    assert set(out["profile"]) == {"gpu_ms_per_call", "kernels", "timeline"} and out["profile"]["timeline"] is None
+    assert set(out["profile"]) == {"gpu_ms_per_call", "kernels", "kinds", "timeline"}
+    assert out["profile"]["timeline"] is None and out["profile"]["kinds"] == {}
 
 
 def test_stage1_step_bf16_weights_measurement(monkeypatch, capsys):
