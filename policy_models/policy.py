@@ -639,6 +639,31 @@ class VPPPolicy(nn.Module):
         """The compiled version of an action-head function when `compile_action_head` set one, else `eager`."""
         return self.__dict__.get("_compiled_action_head", {}).get(name, eager)
 
+    def use_fused_decoder(self, enabled: bool = True) -> None:
+        """Run the sampler's decoder steps as the Triton kernels of `policy_models.diffusion.fused_decoder`: six
+        kernels per decoder block instead of about fifteen, for the latency-bound steps at small batches. Same math,
+        other rounding (like compiling). CUDA, float32 action head and inference only; raises where it cannot run
+        instead of running something else."""
+        dit = self.model.inner_model
+        if enabled:
+            if self.device.type != "cuda":
+                raise ValueError(f"the fused decoder needs a CUDA device; the action head is on {self.device}")
+            try:
+                import triton  # noqa: F401
+            except ImportError as exc:
+                raise ValueError("the fused decoder needs triton (it ships with torch's CUDA builds on Linux): "
+                                 "pip install triton, or leave the fused decoder off") from exc
+            from policy_models.diffusion.fused_decoder import check_supported
+
+            check_supported(dit)
+        dit.fused_decoding = enabled
+        self._graphs.clear()
+
+    @property
+    def fused_decoder(self) -> bool:
+        """Whether the sampler's decoder steps run as fused Triton kernels (`use_fused_decoder`)."""
+        return self.model.inner_model.fused_decoding
+
     def compile_for_inference(self, mode: str | None = "default") -> None:
         """Opt-in: `compile_video_model` and `compile_action_head` with one mode (`None`: all eager again). With the
         whole-chunk CUDA graph, the fastest inference measured (docs/PERFORMANCE.md); close to eager, not

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policy_models.diffusion.fused_decoder import planned_decoder, planned_decoder_inputs
+
 # shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp of one decoder block
 Modulation = tuple[torch.Tensor, ...]
 
@@ -281,6 +283,8 @@ class DiffusionTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.action_dim = action_dim
         self.goal_dim = goal_dim
+        # decode_planned through the Triton kernels of fused_decoder (VPPPolicy.use_fused_decoder sets it)
+        self.fused_decoding = False
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -325,8 +329,14 @@ class DiffusionTransformer(nn.Module):
         )
 
     def decode_planned(self, plan: DecoderPlan, step: int, actions: torch.Tensor) -> torch.Tensor:
-        """`decode(context, actions, sigmas[step])` for the context and sigmas of `plan`."""
+        """`decode(context, actions, sigmas[step])` for the context and sigmas of `plan`; with `fused_decoding` set,
+        the decoder and the action projection run as the Triton kernels of `fused_decoder` (CUDA inference)."""
         x = self.drop(self.action_emb(actions))
+        if self.fused_decoding:
+            if self.training or not x.is_cuda or x.dtype != torch.float32:
+                raise RuntimeError("the fused decoder runs float32 inference on CUDA only (set fused_decoding = False "
+                                   f"for {'training' if self.training else f'{x.dtype} on {x.device}'})")
+            return planned_decoder(x, *planned_decoder_inputs(self, plan, step), self.decoder.blocks[0].attn.n_head)
         return self.action_pred(self.decoder.forward_planned(x, plan, step))
 
     def decode(self, context: torch.Tensor, actions: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
