@@ -49,6 +49,16 @@ def _repo_path(p: str | Path) -> Path:
     return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
+def _switch(text: str) -> bool | str:
+    """A command-line true / false / auto switch, as the yaml's."""
+    from vpp_core.config import AUTO
+
+    switches = {"true": True, "false": False, AUTO: AUTO}
+    if text not in switches:
+        raise ValueError(text)
+    return switches[text]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from policy_evaluation.baselines import BASELINES
     from vpp_core.config import AUTO, COMPILE_MODES_WITHOUT_CUDA_GRAPHS, FLOAT32_MATMUL_PRECISIONS
@@ -85,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--float32_matmul_precision", choices=FLOAT32_MATMUL_PRECISIONS,
                     help="float32 matrix products of the action head: high = TF32 tensor cores (the yaml's default), "
                     "highest = full float32, medium = bfloat16")
+    ap.add_argument("--fused_decoder", nargs="?", const=True, type=_switch, metavar="true|false|auto",
+                    help="the sampler's decoder steps as Triton kernels (CUDA; true, false or auto = on CUDA): 0.6 ms "
+                    "less per chunk at batch 1 on an H100; close to the eager decoder, not bit-identical")
     egl = ap.add_mutually_exclusive_group()
     egl.add_argument("--egl", dest="use_egl", action="store_true", default=None, help="force EGL rendering")
     egl.add_argument("--no_egl", dest="use_egl", action="store_false", help="pybullet's CPU TinyRenderer")
@@ -191,6 +204,7 @@ def main_evaluate(argv: list[str]) -> int:
         # checked before any env or process starts; "auto" resolves per worker, on its device
         compile_mode = compile_setting(pick("compile"), "compile")
         short_query = flag_setting(pick("short_query_attention", False), "short_query_attention")
+        fused_decoder = flag_setting(pick("fused_decoder", False), "fused_decoder")
         matmul_precision = matmul_precision_setting(pick("float32_matmul_precision", "highest"),
                                                     "float32_matmul_precision")
         sim_tasks = parse_sim_tasks(pick("sim_tasks"))
@@ -244,6 +258,7 @@ def main_evaluate(argv: list[str]) -> int:
                 compile_mode=compile_mode,
                 short_query_attention=short_query,
                 float32_matmul_precision=matmul_precision,
+                fused_decoder=fused_decoder,
             )
         output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
             args.action_model_folder or BASELINE_OUTPUT_ROOT, env, factory.name, shard, sim_tasks, trials

@@ -63,6 +63,7 @@ class CheckpointPolicyFactory:
     # torch.set_float32_matmul_precision for the float32 action head, process-wide: "highest" (full float32), "high"
     # (TF32, the evaluation yaml's default) or "medium"
     float32_matmul_precision: str = "highest"
+    fused_decoder: bool | str = False  # True, False or "auto" (on CUDA): the sampler's decoder as Triton kernels
 
     @property
     def name(self) -> str:
@@ -77,6 +78,8 @@ class CheckpointPolicyFactory:
             settings["short_query_attention"] = self.short_query_attention
         if self.float32_matmul_precision != "highest":  # likewise: older evaluations ran at full float32
             settings["float32_matmul_precision"] = self.float32_matmul_precision
+        if self.fused_decoder is not False:  # likewise
+            settings["fused_decoder"] = self.fused_decoder
         return settings
 
     def __call__(self, device: str):
@@ -94,4 +97,5 @@ class CheckpointPolicyFactory:
             compile_mode=self.compile_mode,
             short_query_attention=self.short_query_attention,
             float32_matmul_precision=self.float32_matmul_precision,
+            fused_decoder=self.fused_decoder,
         )

@@ -184,3 +184,12 @@ def test_server_sets_the_float32_matmul_precision(xbot_checkpoint, monkeypatch):
         parser.parse_args(["--short_query_attention", "sometimes"])
     with pytest.raises(SystemExit):  # inductor's own CUDA graphs would clash with the whole-chunk graph
         parser.parse_args(["--compile", "reduce-overhead"])
+
+
+def test_the_fused_decoder_is_opt_in_and_needs_cuda(xbot_checkpoint):
+    """Off unless asked; "auto" stays off on the CPU; asked for on the CPU, loading fails and says why."""
+    _, ckpt, svd, clip, _ = xbot_checkpoint
+    assert not load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu").fused_decoder
+    assert not load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_decoder="auto").fused_decoder
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_decoder=True)

@@ -81,6 +81,9 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
         def compile_for_inference(self, mode="default"):
             calls.append(("compile", mode))
 
+        def use_fused_decoder(self, enabled=True):
+            calls.append(("fused_decoder", enabled))
+
     monkeypatch.setattr(policy_models.checkpoints, "load_policy", lambda *args, **kwargs: LoadedPolicy())
     monkeypatch.setattr(video_models.attention_kernels, "use_short_query_kernels",
                         lambda unet: calls.append(("short_query", unet)))
@@ -99,6 +102,15 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
     assert auto.settings["compile"] == "auto" and auto.settings["short_query_attention"] == "auto"
     # recorded only when on, so evaluation folders from before the setting existed still resume
     assert "short_query_attention" not in CheckpointPolicyFactory("/x").settings
+    # the fused decoder: opt-in, after compiling; "auto" on CUDA only
+    calls.clear()
+    fused = CheckpointPolicyFactory("/x", fused_decoder="auto")
+    fused("cpu")
+    assert calls == [("exact", False)]
+    calls.clear()
+    fused("cuda:0")
+    assert calls == [("exact", False), ("fused_decoder", True)]
+    assert fused.settings["fused_decoder"] == "auto" and "fused_decoder" not in CheckpointPolicyFactory("/x").settings
 
 
 def test_policy_factory_sets_the_float32_matmul_precision(monkeypatch):
@@ -129,6 +141,14 @@ def test_compile_setting_is_validated(tmp_path, capsys):
     bad.write_text("short_query_attention: sometimes\n")
     assert calvin_evaluate.main(["--baseline", "random", "--env", "sim", "--config", str(bad)]) == 2
     assert "short_query_attention must be true, false or auto" in capsys.readouterr().err
+    bad.write_text("fused_decoder: sometimes\n")
+    assert calvin_evaluate.main(["--baseline", "random", "--env", "sim", "--config", str(bad)]) == 2
+    assert "fused_decoder must be true, false or auto" in capsys.readouterr().err
+    assert parser.parse_args(["--baseline", "random", "--fused_decoder"]).fused_decoder is True
+    assert parser.parse_args(["--baseline", "random", "--fused_decoder", "auto"]).fused_decoder == "auto"
+    assert parser.parse_args(["--baseline", "random", "--fused_decoder", "false"]).fused_decoder is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--baseline", "random", "--fused_decoder", "sometimes"])
     bad.write_text("float32_matmul_precision: tf32\n")
     assert calvin_evaluate.main(["--baseline", "random", "--env", "sim", "--config", str(bad)]) == 2
     assert "float32_matmul_precision must be one of ['highest', 'high', 'medium']" in capsys.readouterr().err
