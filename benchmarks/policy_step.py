@@ -131,10 +131,11 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
     eager = chunks()
     out = {f"max_abs_diff_vs_eager_{k}": float((a - b).abs().max()) for k, a, b in
            zip(("same_generator", "same_seed"), fast, eager)}
-    precision = torch.get_float32_matmul_precision()
-    if compile_mode is not None or head_mode is not None or precision != "highest":
+    precision, fused = torch.get_float32_matmul_precision(), policy.fused_decoder
+    if compile_mode is not None or head_mode is not None or precision != "highest" or fused:
         policy.compile_for_inference(None)
-        if compile_mode is not None or head_mode is not None:
+        policy.use_fused_decoder(False)
+        if compile_mode is not None or head_mode is not None or fused:
             out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
         if precision != "highest":  # the reference in full float32, as the original evaluation ran the action head
             torch.set_float32_matmul_precision("highest")
@@ -142,6 +143,7 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
             torch.set_float32_matmul_precision(precision)
         policy.compile_video_model(compile_mode)
         policy.compile_action_head(head_mode)
+        policy.use_fused_decoder(fused)
     if torch.backends.cudnn.benchmark:
         torch.backends.cudnn.benchmark = False  # cuDNN's default algorithm choice
         out["max_abs_diff_vs_default_cudnn_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
@@ -184,6 +186,8 @@ def main() -> None:
     parser.add_argument("--per-step-sampler", action="store_true",
                         help="inference, measurement: the sampler without its plan (as before session 14): every "
                              "step computes its sigma's conditioning and the context's keys and values itself")
+    parser.add_argument("--fused-decoder", action="store_true",
+                        help="inference: the sampler's decoder steps as Triton kernels (policy.use_fused_decoder)")
     parser.add_argument("--inductor-freezing", action="store_true",
                         help="inference, experiment: torch._inductor.config.freezing = True (weights folded into the "
                              "compiled graph as constants; later in-place weight updates are not seen)")
@@ -233,6 +237,8 @@ def main() -> None:
         policy.compile_action_head(args.compile_head)
     if args.per_step_sampler:
         use_per_step_sampler(policy)
+    if args.fused_decoder:
+        policy.use_fused_decoder()
     policy.cuda_graph = args.cuda_graph
     rng = np.random.default_rng(0)
     e = policy.embodiment
@@ -295,7 +301,7 @@ def main() -> None:
         with inference_autocast():
             result["components"] = component_times(policy, obs, instruction, args.warmup, args.iters)
     if args.mode == "inference" and (args.cuda_graph != "off" or args.compile is not None or args.cudnn_benchmark
-                                     or args.inference_autocast or args.compile_head):
+                                     or args.inference_autocast or args.compile_head or args.fused_decoder):
         result["exactness"] = exactness(policy, obs, instruction, device, inference_autocast)
     if args.mode == "train":
         result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 def run_harness(module, argv, monkeypatch, capsys) -> dict:
@@ -419,3 +420,14 @@ def test_random_checkpoint_refuses_an_unknown_embodiment_or_half_the_folders(tmp
     with pytest.raises(ValueError, match="both the video model and the CLIP folder"):
         write_random_checkpoint(tmp_path, "xbot", video_model_path="W/svd")
     assert not any(tmp_path.iterdir())  # nothing written before the checks
+
+
+def test_decoder_steps_harness_needs_cuda(monkeypatch, capsys):
+    """The fused decoder's harness times Triton kernels, which only run on CUDA: it says so instead of timing less."""
+    from benchmarks import decoder_steps
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["decoder_steps.py", "--batch", "1"])
+    with pytest.raises(SystemExit):
+        decoder_steps.main()
+    assert "need a CUDA device" in capsys.readouterr().err
