@@ -49,19 +49,9 @@ def _repo_path(p: str | Path) -> Path:
     return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
-def _switch(text: str) -> bool | str:
-    """A command-line true / false / auto switch, as the yaml's."""
-    from vpp_core.config import AUTO
-
-    switches = {"true": True, "false": False, AUTO: AUTO}
-    if text not in switches:
-        raise ValueError(text)
-    return switches[text]
-
-
 def build_parser() -> argparse.ArgumentParser:
     from policy_evaluation.baselines import BASELINES
-    from vpp_core.config import AUTO, COMPILE_MODES_WITHOUT_CUDA_GRAPHS, FLOAT32_MATMUL_PRECISIONS
+    from vpp_core.config import AUTO, COMPILE_MODES_WITHOUT_CUDA_GRAPHS, FLOAT32_MATMUL_PRECISIONS, switch_argument
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video_model_path", help="stage-1 video model folder (default: the checkpoint config's)")
@@ -95,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--float32_matmul_precision", choices=FLOAT32_MATMUL_PRECISIONS,
                     help="float32 matrix products of the action head: high = TF32 tensor cores (the yaml's default), "
                     "highest = full float32, medium = bfloat16")
-    ap.add_argument("--fused_decoder", nargs="?", const=True, type=_switch, metavar="true|false|auto",
+    ap.add_argument("--fused_decoder", nargs="?", const=True, type=switch_argument, metavar="true|false|auto",
                     help="the sampler's decoder steps as Triton kernels (CUDA; true, false or auto = on CUDA): 0.6 ms "
                     "less per chunk at batch 1 on an H100; close to the eager decoder, not bit-identical")
     egl = ap.add_mutually_exclusive_group()

@@ -57,6 +57,16 @@ def flag_setting(value: object, key: str) -> bool | str:
     raise ConfigError(f"{key} must be true, false or {AUTO}, got {value!r}")
 
 
+def switch_argument(text: str) -> bool | str:
+    """argparse type of a true / false / "auto" switch on a command line, spelled as in the yaml files."""
+    import argparse
+
+    switches = {"true": True, "false": False, AUTO: AUTO}
+    if text not in switches:
+        raise argparse.ArgumentTypeError(f"{text!r}: use true, false or {AUTO}")
+    return switches[text]
+
+
 def resolve_flag(setting: bool | str, device_type: str) -> bool:
     """The switch on a device of `device_type`: "auto" is on for CUDA."""
     return device_type == "cuda" if setting == AUTO else bool(setting)
