@@ -193,3 +193,51 @@ def test_the_fused_decoder_is_opt_in_and_needs_cuda(xbot_checkpoint):
     assert not load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_decoder="auto").fused_decoder
     with pytest.raises(ValueError, match="needs a CUDA device"):
         load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_decoder=True)
+
+
+@pytest.mark.parametrize("flag, fused", [([], False), (["--fused_decoder"], True),
+                                         (["--fused_decoder", "auto"], "auto"), (["--fused_decoder", "false"], False)])
+def test_server_loads_the_fused_decoder_only_when_asked(flag, fused, monkeypatch):
+    """--fused_decoder reaches the loader as the evaluator's switch does: off by default, bare means on."""
+    import argparse
+
+    from deploy import server as server_module
+    from deploy.fake_policy import FakePolicy
+    from deploy.server import PolicyServer
+    from policy_models import checkpoints
+
+    loaded = []
+    monkeypatch.setattr(checkpoints, "load_inference_policy",
+                        lambda *a, fused_decoder, **kw: loaded.append(fused_decoder) or FakePolicy())
+
+    async def serve_forever(self):
+        pass
+
+    monkeypatch.setattr(PolicyServer, "serve_forever", serve_forever)
+    parser = argparse.ArgumentParser()
+    server_module.add_server_args(parser)
+    server_module.run_server_from_args(parser.parse_args(["--checkpoint", "C", "--device", "cpu", "--compile", "none",
+                                                          *flag]))
+    assert loaded == [fused]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--fused_decoder", "sometimes"])
+
+
+def test_xbot_agent_takes_the_fused_decoder_when_asked(xbot_checkpoint, monkeypatch):
+    """The agent switches the fused decoder on only when asked, through the server's loader (which refuses it on the
+    CPU rather than running the eager decoder instead)."""
+    import step3_deploy_real_xbot
+    from policy_models.policy import VPPPolicy
+
+    run, _, svd, clip, _ = xbot_checkpoint
+    switched = []
+    real_switch = VPPPolicy.use_fused_decoder
+    monkeypatch.setattr(VPPPolicy, "use_fused_decoder", lambda self, enabled=True: switched.append(enabled))
+    step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode=None)
+    assert switched == []  # opt-in
+    step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode=None, fused_decoder=True)
+    assert switched == [True]
+    monkeypatch.setattr(VPPPolicy, "use_fused_decoder", real_switch)
+    with pytest.raises(ValueError, match="needs a CUDA device"):  # the real switch, on the CPU
+        step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode=None,
+                                         fused_decoder=True)
