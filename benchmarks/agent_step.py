@@ -38,7 +38,8 @@ def build_agent(checkpoint: Path, video_model_path: str, clip_model_path: str, a
         return XbotAgent(checkpoint, device=args.device, policy=policy)
     compile_kwargs = {} if args.compile is None else {"compile_mode": args.compile}  # None: the agent's default
     return XbotAgent(checkpoint, video_model_path, clip_model_path, device=args.device,
-                     float32_matmul_precision=args.float32_matmul_precision, **compile_kwargs)
+                     float32_matmul_precision=args.float32_matmul_precision, fused_decoder=args.fused_decoder,
+                     **compile_kwargs)
 
 
 def main(argv=None) -> dict:
@@ -53,14 +54,18 @@ def main(argv=None) -> dict:
                    help="the agent's compile_mode: auto (its default: compiled on CUDA, warmed up while the agent is "
                         "built), none, default, max-autotune-no-cudagraphs")
     p.add_argument("--float32-matmul-precision", default="high", choices=FLOAT32_MATMUL_PRECISIONS)
+    p.add_argument("--fused-decoder", action="store_true",
+                   help="the agent's fused_decoder (opt-in): the sampler's decoder steps as Triton kernels (CUDA)")
     p.add_argument("--frame", default="480x640", help="camera frame size HxW (uint8, letterboxed by the agent)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=30)
     args = p.parse_args(argv)
     if (args.video_model_path is None) != (args.clip_model_path is None):
         p.error("give both --video_model_path and --clip_model_path, or neither (tiny random models)")
-    if args.eager and args.compile:
-        p.error("--eager loads the policy without the agent's settings; it cannot compile (drop --compile)")
+    if args.eager and (args.compile or args.fused_decoder):
+        p.error("--eager loads the policy without the agent's settings (drop --compile and --fused-decoder)")
+    if args.fused_decoder and torch.device(args.device).type != "cuda":
+        p.error("--fused-decoder runs Triton kernels: it needs --device cuda")
     try:
         height, width = (int(v) for v in args.frame.split("x"))
     except ValueError:
@@ -90,7 +95,7 @@ def main(argv=None) -> dict:
     report = {
         "benchmark": "agent_step",
         "settings": {"model": "tiny" if tiny else "xbot (full size, random weights)", "device": str(device),
-                     "eager": args.eager, "compile": agent.compile_mode,
+                     "eager": args.eager, "compile": agent.compile_mode, "fused_decoder": args.fused_decoder,
                      "float32_matmul_precision": torch.get_float32_matmul_precision(),
                      "frame": [height, width], "cameras": agent.cameras, "chunk_length": agent.chunk_length},
         "environment": environment(),

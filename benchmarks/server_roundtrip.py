@@ -120,7 +120,8 @@ def _served_policy(name: str, args, tmp: Path):
         from benchmarks.random_checkpoint import write_random_checkpoint
 
         checkpoint, video, clip = write_random_checkpoint(tmp / name, name, video, clip)
-    return load_inference_policy(checkpoint, video, clip, args.device, compile_mode=args.compile)
+    return load_inference_policy(checkpoint, video, clip, args.device, compile_mode=args.compile,
+                                 fused_decoder=args.fused_decoder)
 
 
 def main(argv=None) -> dict:
@@ -141,12 +142,16 @@ def main(argv=None) -> dict:
     p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES_WITHOUT_CUDA_GRAPHS,
                    metavar="MODE", help="compile the policy, as the server does on CUDA by default (default: "
                    "the eager passes in CUDA graphs, as `serve --compile none`)")
+    p.add_argument("--fused-decoder", action="store_true",
+                   help="serve with the fused decoder (`serve --fused_decoder`: Triton kernels, CUDA only)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     if (args.video_model_path is None) != (args.clip_model_path is None):
         p.error("give both --video_model_path and --clip_model_path, or neither")
-    if not _serves_a_model(args) and (args.compile or args.video_model_path):
-        p.error("--compile and the model folders need a model: --policy random or --checkpoint")
+    if not _serves_a_model(args) and (args.compile or args.fused_decoder or args.video_model_path):
+        p.error("--compile, --fused-decoder and the model folders need a model: --policy random or --checkpoint")
+    if args.fused_decoder and not args.device.startswith("cuda"):
+        p.error("--fused-decoder runs Triton kernels: it needs --device cuda")
 
     import msgpack
     import websockets
@@ -170,6 +175,7 @@ def main(argv=None) -> dict:
                                                    else "random checkpoint per payload (benchmarks/random_checkpoint.py"
                                                    f", {'tiny' if args.video_model_path is None else 'full size'})"),
                      "compile": args.compile,
+                     "fused_decoder": args.fused_decoder,
                      "device": args.device,
                      "transport": "ws://127.0.0.1 (loopback), msgpack, no compression"},
         "versions": {**environment(), "numpy": np.__version__, "msgpack": ".".join(map(str, msgpack.version)),

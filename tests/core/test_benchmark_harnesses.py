@@ -407,9 +407,13 @@ def test_agent_step_times_the_agent_on_a_saved_checkpoint(eager, monkeypatch, ca
     assert fast_path == ([] if eager else [1])
     assert out["settings"]["float32_matmul_precision"] == ("highest" if eager else "high")
     assert out["settings"]["compile"] is None and out["agent_build_s"] > 0  # the agent's "auto": CUDA only
+    assert out["settings"]["fused_decoder"] is False
     with pytest.raises(SystemExit):
         agent_step.main(["--device", "cpu", "--frame", "480"])
     assert "--frame must be HEIGHTxWIDTH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        agent_step.main(["--device", "cpu", "--fused-decoder"])
+    assert "needs --device cuda" in capsys.readouterr().err
 
 
 def test_random_checkpoint_refuses_an_unknown_embodiment_or_half_the_folders(tmp_path):

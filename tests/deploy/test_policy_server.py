@@ -292,12 +292,15 @@ def test_benchmark_serves_a_random_checkpoint_through_the_servers_loader(payload
     assert res["requests"] == 3 and res["server_infer_median_ms"] > 0
     assert res["median_ms"] >= res["server_infer_median_ms"]
     assert report["results"][payload]["warm_up_s"] > 0
-    assert loaded == [{"compile_mode": None}]
-    assert "tiny" in report["settings"]["policy"]
+    assert loaded == [{"compile_mode": None, "fused_decoder": False}]
+    assert "tiny" in report["settings"]["policy"] and report["settings"]["fused_decoder"] is False
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["--compile"])
     assert "need a model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # Triton kernels: refused before anything is built, not a traceback later
+        main(["--policy", "random", "--fused-decoder"])
+    assert "needs --device cuda" in capsys.readouterr().err
 
 
 def test_infer_ms_includes_the_copy_of_the_actions_to_the_host():
