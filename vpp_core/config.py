@@ -7,6 +7,7 @@ either the original README or ours work.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,8 +60,6 @@ def flag_setting(value: object, key: str) -> bool | str:
 
 def switch_argument(text: str) -> bool | str:
     """argparse type of a true / false / "auto" switch on a command line, spelled as in the yaml files."""
-    import argparse
-
     switches = {"true": True, "false": False, AUTO: AUTO}
     if text not in switches:
         raise argparse.ArgumentTypeError(f"{text!r}: use true, false or {AUTO}")
