@@ -63,6 +63,21 @@ def _weight_tile_t(w_ptr, row0, n_rows, K, k0, BK: tl.constexpr, BN: tl.constexp
 
 
 @triton.jit
+def _store_gated_residual(acc, out_ptr, base_ptr, gate_ptr, gate_bstride, b, n0, T, N,
+                          HAS_GATE: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
+    """out[b, :, n0:n0 + BN] = base[b, :, n0:n0 + BN] + gate[b, n0:n0 + BN] * acc (no gate: + acc), for (B, T, N)
+    row-major `out` and `base`; the epilogue of both residual kernels."""
+    t = tl.arange(0, BT)[:, None]
+    cols = n0 + tl.arange(0, BN)
+    cmask = cols < N
+    if HAS_GATE:
+        acc = acc * tl.load(gate_ptr + b * gate_bstride + cols, mask=cmask, other=0.0)[None, :]
+    mask = (t < T) & cmask[None, :]
+    offsets = b * T * N + t * N + cols[None, :]
+    tl.store(out_ptr + offsets, tl.load(base_ptr + offsets, mask=mask, other=0.0) + acc, mask=mask)
+
+
+@triton.jit
 def ln_linear_kernel(x_ptr, ln_w_ptr, ln_b_ptr, shift_ptr, scale_ptr, mod_bstride, w_ptr, bias_ptr, out_ptr,
                      T, C, N, eps,
                      HAS_LN_BIAS: tl.constexpr, MODULATE: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -100,13 +115,7 @@ def linear_residual_kernel(inp_ptr, w_ptr, base_ptr, gate_ptr, gate_bstride, out
         k = k0 + tl.arange(0, BK)[None, :]
         a = tl.load(inp_ptr + b * T * K + t * K + k, mask=(t < T) & (k < K), other=0.0)
         acc = tl.dot(a, _weight_tile_t(w_ptr, n0, N - n0, K, k0, BK, BN), acc, input_precision=PREC)
-    n = n0 + tl.arange(0, BN)
-    nmask = n < N
-    if HAS_GATE:
-        acc = acc * tl.load(gate_ptr + b * gate_bstride + n, mask=nmask, other=0.0)[None, :]
-    mask = (t < T) & nmask[None, :]
-    offsets = b * T * N + t * N + n[None, :]
-    tl.store(out_ptr + offsets, tl.load(base_ptr + offsets, mask=mask, other=0.0) + acc, mask=mask)
+    _store_gated_residual(acc, out_ptr, base_ptr, gate_ptr, gate_bstride, b, n0, T, N, HAS_GATE, BT, BN)
 
 
 @triton.jit
@@ -142,11 +151,4 @@ def attention_residual_kernel(q_ptr, q_bstride, q_tstride, k_ptr, v_ptr, kv_bstr
     dw = tl.arange(0, BD)[None, :, None]
     w = tl.load(w_ptr + (n0 + n) * C + h * Dh + dw, mask=(h < H) & (dw < Dh) & (n0 + n < C), other=0.0)
     acc = tl.sum(tl.dot(attended, w, input_precision=PREC), axis=0)  # (BT, BN)
-    t = tl.arange(0, BT)[:, None]
-    cols = n0 + tl.arange(0, BN)
-    cmask = cols < C
-    if HAS_GATE:
-        acc = acc * tl.load(gate_ptr + b * gate_bstride + cols, mask=cmask, other=0.0)[None, :]
-    mask = (t < T) & cmask[None, :]
-    offsets = b * T * C + t * C + cols[None, :]
-    tl.store(out_ptr + offsets, tl.load(base_ptr + offsets, mask=mask, other=0.0) + acc, mask=mask)
+    _store_gated_residual(acc, out_ptr, base_ptr, gate_ptr, gate_bstride, b, n0, T, C, HAS_GATE, BT, BN)
