@@ -13,38 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import emit, environment
+from benchmarks.common import emit, environment, graph_replay_ms
 from policy_models.diffusion import fused_decoder
 from policy_models.diffusion.dit import DiffusionTransformer
-
-
-def graph_replay_ms(fn: Callable[[], torch.Tensor], replays: int) -> tuple[float, torch.Tensor]:
-    """Median GPU time of one replay of `fn` captured as a CUDA graph (timed in groups of 20 replays)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # compiles and warms up outside the capture
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    times = []
-    for _ in range(max(1, replays // 20)):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 20)
-    return statistics.median(times), out.clone()
 
 
 def fused_kernel_times(fn: Callable[[], torch.Tensor], iters: int = 5) -> dict[str, dict[str, float]]:
