@@ -96,6 +96,12 @@ def main() -> None:
         rows.append({"tokens": m, "in": k, "out": n, "calls": calls, "unfused_ms": unfused_ms,
                      "reference_abs_max": float(reference.abs().max()), "best": best,
                      "default_launch_ms": None if default is None else default["ms"], "settings": settings})
+    totals = {}  # one launch setting for every shape: per-chunk time of each setting that ran on all of them
+    for i in range(len(grid)):
+        times = [r["settings"][i].get("ms") for r in rows]
+        if None not in times:
+            totals[i] = sum(t * r["calls"] for t, r in zip(times, rows))
+    single = min(totals, key=totals.get)
     result = {
         "benchmark": "geglu_linear", "settings": vars(args), "environment": environment(), "shapes": rows,
         "per_chunk_ms": {
@@ -103,7 +109,9 @@ def main() -> None:
             "fused_best_per_shape": sum(r["best"]["ms"] * r["calls"] for r in rows),
             "fused_default_launch": (None if any(r["default_launch_ms"] is None for r in rows)
                                      else sum(r["default_launch_ms"] * r["calls"] for r in rows)),
+            "fused_best_single_launch": totals[single],
         },
+        "best_single_launch": grid[single],
     }
     emit(result)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from benchmarks.common import (
     per_position_temporal_context,
     time_fn,
 )
+from video_models import fused_geglu
 from video_models.attention_kernels import use_short_query_kernels
 from video_models.fused_geglu import FusedGEGLU, use_fused_geglu
 
@@ -196,6 +198,9 @@ def main() -> None:
     parser.add_argument("--fused-geglu", action="store_true",
                         help="the frozen U-Net's GEGLU feed-forward projections as one Triton kernel each "
                              "(video_models.fused_geglu; other rounding)")
+    parser.add_argument("--geglu-launch", type=json.loads, default={},
+                        help="with --fused-geglu: JSON settings merged into video_models.fused_geglu.LAUNCH, e.g. "
+                             "'{\"BM\": 64, \"num_stages\": 4}'")
     parser.add_argument("--inductor-freezing", action="store_true",
                         help="inference, experiment: torch._inductor.config.freezing = True (weights folded into the "
                              "compiled graph as constants; later in-place weight updates are not seen)")
@@ -238,6 +243,7 @@ def main() -> None:
     if args.short_query_kernels:
         use_short_query_kernels(policy.tvp_encoder.unet)
     if args.fused_geglu:
+        fused_geglu.LAUNCH.update(args.geglu_launch)
         use_fused_geglu(policy.tvp_encoder.unet)
     if args.compile is not None:
         policy.compile_video_model(args.compile)

@@ -52,7 +52,9 @@ def test_pixel_and_latent_first_frame_agree(pipe, text):
     latents = encode_frames(pipe.vae, image, sample=False)  # scaled mode
     from_pixels = _run(pipe, text, image=image, image_latents=None, max_guidance_scale=3.0)
     from_latents = _run(pipe, text, image_latents=latents, max_guidance_scale=3.0)
-    assert torch.allclose(from_pixels, from_latents, atol=2e-3)  # only float rounding of z * s / s differs
+    # only float rounding of z * s / s differs, amplified by two guided steps of a random U-Net: about 1e-3 of the
+    # output's scale (which random weights the tiny folders get depends on the installed transformers / diffusers)
+    assert (from_pixels - from_latents).abs().max() <= 2e-3 * from_pixels.abs().max()
 
 
 def test_cfg_unconditional_image_convention(pipe, text):
