@@ -50,12 +50,19 @@ def unfused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     return hidden * F.gelu(gate)
 
 
+SHARED_MEMORY_BYTES = 227 * 1024  # per thread block on an H100
+
+
 def launch_grid(name: str) -> list[dict[str, int]]:
     if name == "default":
         return [dict(fused_geglu.LAUNCH)]
     grid = []
-    for bm, bn, bk, warps, stages in itertools.product((64, 128, 256), (64, 128), (32, 64), (4, 8), (3, 4)):
+    for bm, bn, bk, warps, stages in itertools.product((64, 128, 256), (64, 128), (32, 64, 128), (4, 8), (2, 3, 4)):
         if bm * bn * 2 // (32 * warps) > 256:  # two float32 accumulators per thread beyond the register file
+            continue
+        if stages * (bm * bk + 2 * bk * bn) * 2 > SHARED_MEMORY_BYTES:  # the pipelined input tiles
+            continue
+        if (bk == 128 and stages == 4) or (bk < 128 and stages == 2):  # 2 stages for the widest steps only
             continue
         grid.append({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages})
     return grid
