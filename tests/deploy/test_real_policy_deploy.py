@@ -205,10 +205,11 @@ def test_the_fused_geglu_is_opt_in_and_needs_cuda(xbot_checkpoint):
         load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_geglu=True)
 
 
-@pytest.mark.parametrize("flag, fused", [([], False), (["--fused_decoder"], True),
-                                         (["--fused_decoder", "auto"], "auto"), (["--fused_decoder", "false"], False)])
-def test_server_loads_the_fused_decoder_only_when_asked(flag, fused, monkeypatch):
-    """--fused_decoder reaches the loader as the evaluator's switch does: off by default, bare means on."""
+@pytest.mark.parametrize("switch", ["fused_decoder", "fused_geglu"])
+@pytest.mark.parametrize("given, fused", [(None, False), ("", True), ("auto", "auto"), ("false", False)])
+def test_server_loads_the_fused_kernels_only_when_asked(switch, given, fused, monkeypatch):
+    """--fused_decoder and --fused_geglu reach the loader as the evaluator's switches do: off by default, bare means
+    on."""
     import argparse
 
     from deploy import server as server_module
@@ -218,7 +219,7 @@ def test_server_loads_the_fused_decoder_only_when_asked(flag, fused, monkeypatch
 
     loaded = []
     monkeypatch.setattr(checkpoints, "load_inference_policy",
-                        lambda *a, fused_decoder, **kw: loaded.append(fused_decoder) or FakePolicy())
+                        lambda *a, **kw: loaded.append(kw[switch]) or FakePolicy())
 
     async def serve_forever(self):
         pass
@@ -226,36 +227,12 @@ def test_server_loads_the_fused_decoder_only_when_asked(flag, fused, monkeypatch
     monkeypatch.setattr(PolicyServer, "serve_forever", serve_forever)
     parser = argparse.ArgumentParser()
     server_module.add_server_args(parser)
+    flag = [] if given is None else [f"--{switch}", given] if given else [f"--{switch}"]  # absent, valued, bare
     server_module.run_server_from_args(parser.parse_args(["--checkpoint", "C", "--device", "cpu", "--compile", "none",
                                                           *flag]))
     assert loaded == [fused]
     with pytest.raises(SystemExit):
-        parser.parse_args(["--fused_decoder", "sometimes"])
-
-
-@pytest.mark.parametrize("flag, fused", [([], False), (["--fused_geglu"], True), (["--fused_geglu", "auto"], "auto")])
-def test_server_loads_the_fused_geglu_only_when_asked(flag, fused, monkeypatch):
-    """--fused_geglu reaches the loader as the evaluator's switch does: off by default, bare means on."""
-    import argparse
-
-    from deploy import server as server_module
-    from deploy.fake_policy import FakePolicy
-    from deploy.server import PolicyServer
-    from policy_models import checkpoints
-
-    loaded = []
-    monkeypatch.setattr(checkpoints, "load_inference_policy",
-                        lambda *a, fused_geglu, **kw: loaded.append(fused_geglu) or FakePolicy())
-
-    async def serve_forever(self):
-        pass
-
-    monkeypatch.setattr(PolicyServer, "serve_forever", serve_forever)
-    parser = argparse.ArgumentParser()
-    server_module.add_server_args(parser)
-    server_module.run_server_from_args(parser.parse_args(["--checkpoint", "C", "--device", "cpu", "--compile", "none",
-                                                          *flag]))
-    assert loaded == [fused]
+        parser.parse_args([f"--{switch}", "sometimes"])
 
 
 def test_xbot_agent_takes_the_fused_decoder_when_asked(xbot_checkpoint, monkeypatch):

@@ -8,3 +8,22 @@ def calvin_obs(batch: int = 1, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {"rgb_obs": {"rgb_static": rng.integers(0, 256, (batch, 200, 200, 3), dtype=np.uint8),
                         "rgb_gripper": rng.integers(0, 256, (batch, 84, 84, 3), dtype=np.uint8)}}
+
+
+def run_in_triton_interpreter(code: str) -> str:
+    """Run `code` in a fresh Python with TRITON_INTERPRET=1 (it must be set before triton is imported, hence the
+    subprocess), so that Triton kernels run on the CPU; fails the test with the output unless it exits cleanly and
+    prints "worst relative difference". Skips without triton (a dev dependency on Linux x86-64)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86-64 (pip install -e '.[dev]')")
+    root = Path(__file__).resolve().parents[2]
+    env = {"TRITON_INTERPRET": "1", "PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "worst relative difference" in run.stdout
+    return run.stdout

@@ -2,10 +2,7 @@
 interpreter (TRITON_INTERPRET=1, set before triton is imported, hence a subprocess) against the eager decoder, and the
 switches refuse what the kernels cannot run. The CUDA runs are in test_fused_decoder_gpu.py."""
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ import torch
 from policy_models.diffusion.dit import DiffusionTransformer
 from policy_models.diffusion.fused_decoder import check_supported
 
-ROOT = Path(__file__).resolve().parents[2]
+from .helpers import run_in_triton_interpreter
 
 # odd sizes on purpose: width 48 in 3 heads of 16, 5 action tokens (padded to 16), contexts shorter and longer than
 # the action sequence (the top-left causal cross-attention reads min(t, S - 1) + 1 keys), two batch elements with the
@@ -50,12 +47,7 @@ INTERPRETED = textwrap.dedent("""
 
 
 def test_fused_decoder_kernels_equal_the_eager_decoder_in_the_interpreter():
-    pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86-64 (pip install -e '.[dev]')")
-    env = {"TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    run = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "worst relative difference" in run.stdout
+    run_in_triton_interpreter(INTERPRETED)
 
 
 def test_the_fused_decoder_refuses_a_decoder_with_biases():

@@ -2,10 +2,7 @@
 (TRITON_INTERPRET=1, set before triton is imported, hence a subprocess) against the unfused layer, and the switch
 refuses what the kernel cannot run. The CUDA runs are in test_fused_geglu_gpu.py."""
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +11,7 @@ from diffusers.models.attention import FeedForward
 
 from video_models.fused_geglu import FusedGEGLU, use_fused_geglu
 
-ROOT = Path(__file__).resolve().parents[2]
+from .helpers import run_in_triton_interpreter
 
 # odd sizes on purpose: rows that do not fill the last block of programs (wrapped loads, masked store), reduction
 # widths that are not a multiple of BK (masked loads), with and without bias; then a diffusers FeedForward whose
@@ -61,12 +58,7 @@ INTERPRETED = textwrap.dedent('''
 
 
 def test_fused_geglu_kernel_equals_the_unfused_layer_in_the_interpreter():
-    pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86-64 (pip install -e '.[dev]')")
-    env = {"TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    run = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "worst relative difference" in run.stdout
+    run_in_triton_interpreter(INTERPRETED)
 
 
 def test_fused_geglu_refuses_the_cpu_and_float32(monkeypatch):
