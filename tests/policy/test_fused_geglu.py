@@ -9,7 +9,7 @@ import torch
 from diffusers.models.activations import GEGLU
 from diffusers.models.attention import FeedForward
 
-from video_models.fused_geglu import FusedGEGLU, use_fused_geglu
+from video_models.fused_geglu import FusedGEGLU, geglu_linear, use_fused_geglu
 
 from .helpers import run_in_triton_interpreter
 
@@ -71,6 +71,14 @@ def test_fused_geglu_refuses_the_cpu_and_float32(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="float16 or bfloat16"):
         use_fused_geglu(FeedForward(16, activation_fn="geglu"))
+    with pytest.raises(ValueError, match="expected \\(2N, 16\\)"):
+        geglu_linear(torch.zeros(2, 16).half(), torch.zeros(9, 16).half(), None)
+
+
+def test_fused_geglu_of_no_rows_launches_nothing():
+    pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86-64 (pip install -e '.[dev]')")
+    out = geglu_linear(torch.zeros(2, 0, 16).half(), torch.zeros(8, 16).half(), None)  # no kernel runs on the CPU
+    assert out.shape == (2, 0, 4) and out.dtype == torch.float16
 
 
 def test_fused_geglu_switch_keeps_parameters_and_refuses_gradients(monkeypatch):
