@@ -43,7 +43,6 @@ from benchmarks.common import (
 )
 from video_models import fused_geglu
 from video_models.attention_kernels import use_short_query_kernels
-from video_models.fused_geglu import FusedGEGLU, use_fused_geglu
 
 # size -> policy model yaml, on top of the video model of SMALL_VIDEO_CONFIGS; full size is the CALVIN policy on the
 # default (SVD) video model with a 512-d CLIP
@@ -135,19 +134,18 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
     out = {f"max_abs_diff_vs_eager_{k}": float((a - b).abs().max()) for k, a, b in
            zip(("same_generator", "same_seed"), fast, eager)}
     precision, fused = torch.get_float32_matmul_precision(), policy.fused_decoder
-    unet = policy.tvp_encoder.unet
-    geglu = any(isinstance(m, FusedGEGLU) for m in unet.modules())
+    geglu = policy.fused_geglu
     if compile_mode is not None or head_mode is not None or precision != "highest" or fused or geglu:
         policy.compile_for_inference(None)
         policy.use_fused_decoder(False)
-        use_fused_geglu(unet, False)
+        policy.use_fused_geglu(False)
         if compile_mode is not None or head_mode is not None or fused or geglu:
             out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
         if precision != "highest":  # the reference in full float32, as the original evaluation ran the action head
             torch.set_float32_matmul_precision("highest")
             out["max_abs_diff_vs_full_fp32_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
             torch.set_float32_matmul_precision(precision)
-        use_fused_geglu(unet, geglu)
+        policy.use_fused_geglu(geglu)
         policy.compile_video_model(compile_mode)
         policy.compile_action_head(head_mode)
         policy.use_fused_decoder(fused)
@@ -244,7 +242,7 @@ def main() -> None:
         use_short_query_kernels(policy.tvp_encoder.unet)
     if args.fused_geglu:
         fused_geglu.LAUNCH.update(args.geglu_launch)
-        use_fused_geglu(policy.tvp_encoder.unet)
+        policy.use_fused_geglu()
     if args.compile is not None:
         policy.compile_video_model(args.compile)
         if args.contiguous_conv_weights:  # before the first call, so the compiled graphs trace this layout

@@ -34,7 +34,7 @@ def geglu_linear_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride
     rows = pid_m * BM + tl.arange(0, BM)
     cols = pid_n * BN + tl.arange(0, BN)
     # loads wrap around the edges (always in bounds, no masks in the loop); only the store is masked. 64-bit
-    # offsets: at stage-2 training batches M * K passes 2**31
+    # offsets: from about batch 64 of stage-2 training, M * N passes 2**31 at the 32 x 32 level
     rows_in = (rows % M).to(tl.int64)
     cols_in = (cols % N).to(tl.int64)
     ks = tl.arange(0, BK)
