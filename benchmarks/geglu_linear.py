@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--grid", choices=["search", "default"], default="search")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        parser.error("the fused GEGLU's kernel needs a CUDA device")
+        parser.error("the fused GEGLU's kernel and its launch settings need a CUDA device")
     shapes = chunk_geglu_shapes(args.batch)
     compiled = torch.compile(unfused, dynamic=False)
     grid = launch_grid(args.grid)

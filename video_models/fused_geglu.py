@@ -24,14 +24,12 @@ LAUNCH = {"BM": 128, "BN": 128, "BK": 64, "GROUP_M": 8, "num_warps": 8, "num_sta
 DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _cdiv(n: int, d: int) -> int:
-    return -(-n // d)
-
-
 def geglu_linear_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         settings: dict[str, int]) -> torch.Tensor:
     """`geglu_linear` with explicit launch settings (see `LAUNCH`); for the launch-settings search of
     benchmarks/geglu_linear.py."""
+    import triton
+
     from video_models import geglu_kernel
 
     if x.dtype not in DTYPES or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
@@ -50,7 +48,7 @@ def geglu_linear_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         return out.reshape(*x.shape[:-1], n)
     settings = dict(settings)
     block_m, block_n, block_k = settings.pop("BM"), settings.pop("BN"), settings.pop("BK")
-    grid = (_cdiv(rows.shape[0], block_m) * _cdiv(n, block_n),)
+    grid = (triton.cdiv(rows.shape[0], block_m) * triton.cdiv(n, block_n),)
     geglu_kernel.geglu_linear_kernel[grid](
         rows, weight, weight if bias is None else bias, out, rows.shape[0], n, k, rows.stride(0), weight.stride(0),
         out.stride(0), HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, BM=block_m, BN=block_n, BK=block_k,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from video_models.fused_geglu import FusedGEGLU, geglu_linear, use_fused_geglu
+from video_models.fused_geglu import geglu_linear
 
 from .helpers import calvin_obs
 
@@ -53,8 +53,8 @@ def test_policy_chunks_with_the_fused_geglu(tiny_policy):
 
     policy.cuda_graph = "off"
     reference = chunk()
-    assert use_fused_geglu(policy.tvp_encoder.unet) > 0
-    assert any(isinstance(m, FusedGEGLU) for m in policy.tvp_encoder.unet.modules())
+    policy.use_fused_geglu()
+    assert policy.fused_geglu
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         eager = chunk()
     assert any("geglu_linear_kernel" in e.key for e in prof.key_averages())
