@@ -1,6 +1,9 @@
 """Shared inputs for the policy tests."""
 
+from collections.abc import Callable
+
 import numpy as np
+import torch
 
 
 def calvin_obs(batch: int = 1, seed: int = 0) -> dict:
@@ -8,6 +11,13 @@ def calvin_obs(batch: int = 1, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {"rgb_obs": {"rgb_static": rng.integers(0, 256, (batch, 200, 200, 3), dtype=np.uint8),
                         "rgb_gripper": rng.integers(0, 256, (batch, 84, 84, 3), dtype=np.uint8)}}
+
+
+def repeatable_cuda_chunk(policy) -> Callable[[], torch.Tensor]:
+    """A chunk of `policy` on CUDA with the same observations, instruction and sampler noise at every call, so that
+    two calls differ only in the kernels that ran them (eager, graphed, compiled, fused)."""
+    obs, text = calvin_obs(batch=2, seed=3), "open the drawer"
+    return lambda: policy.predict_action_chunk(obs, text, generator=torch.Generator("cuda").manual_seed(0))
 
 
 def run_in_triton_interpreter(code: str) -> str:

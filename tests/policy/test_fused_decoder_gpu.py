@@ -9,7 +9,7 @@ import torch
 from policy_models.diffusion.dit import DiffusionTransformer
 from policy_models.diffusion.fused_decoder import planned_decoder, planned_decoder_inputs
 
-from .helpers import calvin_obs
+from .helpers import repeatable_cuda_chunk
 
 pytestmark = pytest.mark.gpu
 
@@ -57,10 +57,7 @@ def test_policy_chunks_with_the_fused_decoder(tiny_policy, matmul_precision):
     _cuda()
     matmul_precision("highest")
     policy = copy.deepcopy(tiny_policy).cuda().eval()
-    obs, text = calvin_obs(batch=2, seed=3), "open the drawer"
-
-    def chunk() -> torch.Tensor:
-        return policy.predict_action_chunk(obs, text, generator=torch.Generator("cuda").manual_seed(0))
+    chunk = repeatable_cuda_chunk(policy)
 
     policy.cuda_graph = "off"
     reference = chunk()

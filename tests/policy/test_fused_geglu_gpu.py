@@ -11,7 +11,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from video_models.fused_geglu import geglu_linear
 
-from .helpers import calvin_obs
+from .helpers import repeatable_cuda_chunk
 
 pytestmark = pytest.mark.gpu
 
@@ -46,10 +46,7 @@ def test_policy_chunks_with_the_fused_geglu(tiny_policy):
     policy = copy.deepcopy(tiny_policy).cuda().eval()
     policy.tvp_encoder.unet.half()
     policy.tvp_encoder.vae.half()
-    obs, text = calvin_obs(batch=2, seed=3), "open the drawer"
-
-    def chunk() -> torch.Tensor:
-        return policy.predict_action_chunk(obs, text, generator=torch.Generator("cuda").manual_seed(0))
+    chunk = repeatable_cuda_chunk(policy)
 
     policy.cuda_graph = "off"
     reference = chunk()
