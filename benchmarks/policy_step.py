@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 
 import numpy as np
 import torch
@@ -41,7 +40,6 @@ from benchmarks.common import (
     per_position_temporal_context,
     time_fn,
 )
-from video_models import fused_geglu
 from video_models.attention_kernels import use_short_query_kernels
 
 # size -> policy model yaml, on top of the video model of SMALL_VIDEO_CONFIGS; full size is the CALVIN policy on the
@@ -134,18 +132,15 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
     out = {f"max_abs_diff_vs_eager_{k}": float((a - b).abs().max()) for k, a, b in
            zip(("same_generator", "same_seed"), fast, eager)}
     precision, fused = torch.get_float32_matmul_precision(), policy.fused_decoder
-    geglu = policy.fused_geglu
-    if compile_mode is not None or head_mode is not None or precision != "highest" or fused or geglu:
+    if compile_mode is not None or head_mode is not None or precision != "highest" or fused:
         policy.compile_for_inference(None)
         policy.use_fused_decoder(False)
-        policy.use_fused_geglu(False)
-        if compile_mode is not None or head_mode is not None or fused or geglu:
+        if compile_mode is not None or head_mode is not None or fused:
             out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
         if precision != "highest":  # the reference in full float32, as the original evaluation ran the action head
             torch.set_float32_matmul_precision("highest")
             out["max_abs_diff_vs_full_fp32_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
             torch.set_float32_matmul_precision(precision)
-        policy.use_fused_geglu(geglu)
         policy.compile_video_model(compile_mode)
         policy.compile_action_head(head_mode)
         policy.use_fused_decoder(fused)
@@ -193,12 +188,6 @@ def main() -> None:
                              "step computes its sigma's conditioning and the context's keys and values itself")
     parser.add_argument("--fused-decoder", action="store_true",
                         help="inference: the sampler's decoder steps as Triton kernels (policy.use_fused_decoder)")
-    parser.add_argument("--fused-geglu", action="store_true",
-                        help="the frozen U-Net's GEGLU feed-forward projections as one Triton kernel each "
-                             "(video_models.fused_geglu; other rounding)")
-    parser.add_argument("--geglu-launch", type=json.loads, default={},
-                        help="with --fused-geglu: JSON settings merged into video_models.fused_geglu.LAUNCH, e.g. "
-                             "'{\"BM\": 64, \"num_stages\": 4}'")
     parser.add_argument("--inductor-freezing", action="store_true",
                         help="inference, experiment: torch._inductor.config.freezing = True (weights folded into the "
                              "compiled graph as constants; later in-place weight updates are not seen)")
@@ -240,9 +229,6 @@ def main() -> None:
         inductor_config.freezing = True
     if args.short_query_kernels:
         use_short_query_kernels(policy.tvp_encoder.unet)
-    if args.fused_geglu:
-        fused_geglu.LAUNCH.update(args.geglu_launch)
-        policy.use_fused_geglu()
     if args.compile is not None:
         policy.compile_video_model(args.compile)
         if args.contiguous_conv_weights:  # before the first call, so the compiled graphs trace this layout
@@ -315,8 +301,7 @@ def main() -> None:
         with inference_autocast():
             result["components"] = component_times(policy, obs, instruction, args.warmup, args.iters)
     if args.mode == "inference" and (args.cuda_graph != "off" or args.compile is not None or args.cudnn_benchmark
-                                     or args.inference_autocast or args.compile_head or args.fused_decoder
-                                     or args.fused_geglu):
+                                     or args.inference_autocast or args.compile_head or args.fused_decoder):
         result["exactness"] = exactness(policy, obs, instruction, device, inference_autocast)
     if args.mode == "train":
         result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)

@@ -428,10 +428,6 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    metavar="{true,false,auto}",
                    help="opt-in: the sampler's decoder steps as Triton kernels (CUDA; auto: on CUDA). 0.6 ms less per "
                    "chunk at batch 1 on an H100, slower at batch 8; close to the eager decoder, not bit-identical")
-    p.add_argument("--fused_geglu", nargs="?", const=True, default=False, type=switch_argument,
-                   metavar="{true,false,auto}",
-                   help="opt-in: the U-Net's GEGLU feed-forward projections as one Triton kernel each (CUDA, "
-                   "half-precision video model; auto: on CUDA); close to the unfused layers, not bit-identical")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=os.environ.get("VPP_POLICY_TOKEN"),
@@ -461,7 +457,7 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
                                        use_ema=args.use_ema, cudnn_benchmark=args.cudnn_benchmark,
                                        compile_mode=compile_mode, short_query_attention=args.short_query_attention,
                                        float32_matmul_precision=args.float32_matmul_precision,
-                                       fused_decoder=args.fused_decoder, fused_geglu=args.fused_geglu)
+                                       fused_decoder=args.fused_decoder)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,

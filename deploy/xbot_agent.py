@@ -39,10 +39,10 @@ class XbotAgent:
         policy: an already built policy (``predict_action_chunk`` + ``embodiment``); skips loading (tests).
         stats: a :class:`Stats`, a dict or a path; default ``{checkpoint_dir}/stats.json``.
         letterbox: pad uint8 frames to 4:3 before resizing, as the training videos were (default True).
-        compile_mode / float32_matmul_precision / short_query_attention / fused_decoder / fused_geglu: as the policy
-            server's flags of these names (a loaded checkpoint runs the server's fast path: on CUDA one CUDA graph per
-            chunk, TF32, the short-query attention kernels and compiled passes by default; ``compile_mode=None``
-            starts at once, with slower chunks; the fused decoder and the fused GEGLU are opt-in).
+        compile_mode / float32_matmul_precision / short_query_attention / fused_decoder: as the policy server's
+            flags of these names (a loaded checkpoint runs the server's fast path: on CUDA one CUDA graph per chunk,
+            TF32, the short-query attention kernels and compiled passes by default; ``compile_mode=None`` starts at
+            once, with slower chunks; the fused decoder is opt-in).
         warm_up: answer one blank chunk before returning (:meth:`warm_up`). Default: when this agent compiled the
             policy, so that the minutes of compiling pass here rather than inside the robot's loop.
     """
@@ -52,7 +52,7 @@ class XbotAgent:
                  stats: Stats | dict | str | Path | None = None, use_ema: bool = False, dtype: Any = None,
                  letterbox: bool = True, compile_mode: str | None = "auto", float32_matmul_precision: str = "high",
                  short_query_attention: bool | str = "auto", fused_decoder: bool | str = False,
-                 fused_geglu: bool | str = False, warm_up: bool | None = None):
+                 warm_up: bool | None = None):
         if device is None:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         self.compile_mode: str | None = None  # how this agent compiled the policy it loaded (None: not compiled)
@@ -69,7 +69,7 @@ class XbotAgent:
                                            use_ema=use_ema, compile_mode=compile_mode,
                                            float32_matmul_precision=float32_matmul_precision,
                                            short_query_attention=short_query_attention,
-                                           fused_decoder=fused_decoder, fused_geglu=fused_geglu, dtype=dtype)
+                                           fused_decoder=fused_decoder, dtype=dtype)
         self.policy = policy
         self.device = device
         if stats is None:

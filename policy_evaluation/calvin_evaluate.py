@@ -88,9 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fused_decoder", nargs="?", const=True, type=switch_argument, metavar="true|false|auto",
                     help="the sampler's decoder steps as Triton kernels (CUDA; true, false or auto = on CUDA): 0.6 ms "
                     "less per chunk at batch 1 on an H100; close to the eager decoder, not bit-identical")
-    ap.add_argument("--fused_geglu", nargs="?", const=True, type=switch_argument, metavar="true|false|auto",
-                    help="the U-Net's GEGLU feed-forward projections as one Triton kernel each (CUDA, half-precision "
-                    "video model; true, false or auto = on CUDA); close to the unfused layers, not bit-identical")
     egl = ap.add_mutually_exclusive_group()
     egl.add_argument("--egl", dest="use_egl", action="store_true", default=None, help="force EGL rendering")
     egl.add_argument("--no_egl", dest="use_egl", action="store_false", help="pybullet's CPU TinyRenderer")
@@ -198,7 +195,6 @@ def main_evaluate(argv: list[str]) -> int:
         compile_mode = compile_setting(pick("compile"), "compile")
         short_query = flag_setting(pick("short_query_attention", False), "short_query_attention")
         fused_decoder = flag_setting(pick("fused_decoder", False), "fused_decoder")
-        fused_geglu = flag_setting(pick("fused_geglu", False), "fused_geglu")
         matmul_precision = matmul_precision_setting(pick("float32_matmul_precision", "highest"),
                                                     "float32_matmul_precision")
         sim_tasks = parse_sim_tasks(pick("sim_tasks"))
@@ -253,7 +249,6 @@ def main_evaluate(argv: list[str]) -> int:
                 short_query_attention=short_query,
                 float32_matmul_precision=matmul_precision,
                 fused_decoder=fused_decoder,
-                fused_geglu=fused_geglu,
             )
         output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
             args.action_model_folder or BASELINE_OUTPUT_ROOT, env, factory.name, shard, sim_tasks, trials

@@ -64,7 +64,6 @@ class CheckpointPolicyFactory:
     # (TF32, the evaluation yaml's default) or "medium"
     float32_matmul_precision: str = "highest"
     fused_decoder: bool | str = False  # True, False or "auto" (on CUDA): the sampler's decoder as Triton kernels
-    fused_geglu: bool | str = False  # likewise: the U-Net's GEGLU projections as one Triton kernel each
 
     @property
     def name(self) -> str:
@@ -81,8 +80,6 @@ class CheckpointPolicyFactory:
             settings["float32_matmul_precision"] = self.float32_matmul_precision
         if self.fused_decoder is not False:  # likewise
             settings["fused_decoder"] = self.fused_decoder
-        if self.fused_geglu is not False:  # likewise
-            settings["fused_geglu"] = self.fused_geglu
         return settings
 
     def __call__(self, device: str):
@@ -101,5 +98,4 @@ class CheckpointPolicyFactory:
             short_query_attention=self.short_query_attention,
             float32_matmul_precision=self.float32_matmul_precision,
             fused_decoder=self.fused_decoder,
-            fused_geglu=self.fused_geglu,
         )

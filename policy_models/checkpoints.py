@@ -212,7 +212,6 @@ def load_inference_policy(
     short_query_attention: bool | str = "auto",
     float32_matmul_precision: str = "high",
     fused_decoder: bool | str = False,
-    fused_geglu: bool | str = False,
 ) -> VPPPolicy:
     """`load_policy` on the inference fast path that the evaluator, the policy server and the in-process agent share.
     On CUDA each chunk replays as one CUDA graph (bit-identical to eager; captured on the first chunk, so the caller
@@ -221,9 +220,8 @@ def load_inference_policy(
     or a torch.compile mode) compiles the video passes and the action head. `float32_matmul_precision` is set for the
     whole process (torch.set_float32_matmul_precision; "high" runs the float32 action head on TF32 tensor cores).
     `fused_decoder` (True, False or "auto": on CUDA; opt-in) runs the sampler's decoder steps as Triton kernels
-    (`VPPPolicy.use_fused_decoder`: faster at batch 1, slower at batch 8 on an H100). `fused_geglu` (likewise)
-    runs the U-Net's GEGLU feed-forward projections as one Triton kernel each (`VPPPolicy.use_fused_geglu`). Each
-    setting is applied before the graphs that would capture it."""
+    (`VPPPolicy.use_fused_decoder`: faster at batch 1, slower at batch 8 on an H100). Each setting is applied before
+    the graphs that would capture it."""
     from video_models.attention_kernels import use_short_query_kernels
     from vpp_core.config import resolve_compile_setting, resolve_flag
 
@@ -234,8 +232,6 @@ def load_inference_policy(
     device_type = torch.device(device).type
     if resolve_flag(short_query_attention, device_type):
         use_short_query_kernels(policy.tvp_encoder.unet)  # before compiling: the graphs trace it
-    if resolve_flag(fused_geglu, device_type):
-        policy.use_fused_geglu()  # likewise
     compile_mode = resolve_compile_setting(compile_mode, device_type)
     if compile_mode is not None:
         policy.compile_for_inference(compile_mode)

@@ -664,24 +664,6 @@ class VPPPolicy(nn.Module):
         """Whether the sampler's decoder steps run as fused Triton kernels (`use_fused_decoder`)."""
         return self.model.inner_model.fused_decoding
 
-    def use_fused_geglu(self, enabled: bool = True) -> None:
-        """Run the frozen U-Net's GEGLU feed-forward projections as the Triton kernel of `video_models.fused_geglu`:
-        the projection and the gating in one kernel, without writing the projection's full-width output. Same math,
-        other rounding (like compiling). CUDA, half-precision video model and inference only; raises where it cannot
-        run instead of running something else. Compiled passes recompile on their next call."""
-        from video_models.fused_geglu import use_fused_geglu
-
-        self._require_backbone()
-        use_fused_geglu(self.tvp_encoder.unet, enabled)
-        self._graphs.clear()
-
-    @property
-    def fused_geglu(self) -> bool:
-        """Whether the U-Net's GEGLU layers run as the fused Triton kernel (`use_fused_geglu`)."""
-        from video_models.fused_geglu import FusedGEGLU
-
-        return self.tvp_encoder is not None and any(isinstance(m, FusedGEGLU) for m in self.tvp_encoder.unet.modules())
-
     def compile_for_inference(self, mode: str | None = "default") -> None:
         """Opt-in: `compile_video_model` and `compile_action_head` with one mode (`None`: all eager again). With the
         whole-chunk CUDA graph, the fastest inference measured (docs/PERFORMANCE.md); close to eager, not

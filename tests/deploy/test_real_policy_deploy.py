@@ -195,21 +195,10 @@ def test_the_fused_decoder_is_opt_in_and_needs_cuda(xbot_checkpoint):
         load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_decoder=True)
 
 
-def test_the_fused_geglu_is_opt_in_and_needs_cuda(xbot_checkpoint):
-    """Off unless asked; "auto" stays off on the CPU; asked for on the CPU, loading fails and says why."""
-    pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86-64 (pip install -e '.[dev]')")
-    _, ckpt, svd, clip, _ = xbot_checkpoint
-    assert not load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu").fused_geglu
-    assert not load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_geglu="auto").fused_geglu
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_geglu=True)
-
-
-@pytest.mark.parametrize("switch", ["fused_decoder", "fused_geglu"])
-@pytest.mark.parametrize("given, fused", [(None, False), ("", True), ("auto", "auto"), ("false", False)])
-def test_server_loads_the_fused_kernels_only_when_asked(switch, given, fused, monkeypatch):
-    """--fused_decoder and --fused_geglu reach the loader as the evaluator's switches do: off by default, bare means
-    on."""
+@pytest.mark.parametrize("flag, fused", [([], False), (["--fused_decoder"], True),
+                                         (["--fused_decoder", "auto"], "auto"), (["--fused_decoder", "false"], False)])
+def test_server_loads_the_fused_decoder_only_when_asked(flag, fused, monkeypatch):
+    """--fused_decoder reaches the loader as the evaluator's switch does: off by default, bare means on."""
     import argparse
 
     from deploy import server as server_module
@@ -219,7 +208,7 @@ def test_server_loads_the_fused_kernels_only_when_asked(switch, given, fused, mo
 
     loaded = []
     monkeypatch.setattr(checkpoints, "load_inference_policy",
-                        lambda *a, **kw: loaded.append(kw[switch]) or FakePolicy())
+                        lambda *a, fused_decoder, **kw: loaded.append(fused_decoder) or FakePolicy())
 
     async def serve_forever(self):
         pass
@@ -227,12 +216,11 @@ def test_server_loads_the_fused_kernels_only_when_asked(switch, given, fused, mo
     monkeypatch.setattr(PolicyServer, "serve_forever", serve_forever)
     parser = argparse.ArgumentParser()
     server_module.add_server_args(parser)
-    flag = [] if given is None else [f"--{switch}", given] if given else [f"--{switch}"]  # absent, valued, bare
     server_module.run_server_from_args(parser.parse_args(["--checkpoint", "C", "--device", "cpu", "--compile", "none",
                                                           *flag]))
     assert loaded == [fused]
     with pytest.raises(SystemExit):
-        parser.parse_args([f"--{switch}", "sometimes"])
+        parser.parse_args(["--fused_decoder", "sometimes"])
 
 
 def test_xbot_agent_takes_the_fused_decoder_when_asked(xbot_checkpoint, monkeypatch):
@@ -253,17 +241,3 @@ def test_xbot_agent_takes_the_fused_decoder_when_asked(xbot_checkpoint, monkeypa
     with pytest.raises(ValueError, match="needs a CUDA device"):  # the real switch, on the CPU
         step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode=None,
                                          fused_decoder=True)
-
-
-def test_xbot_agent_takes_the_fused_geglu_when_asked(xbot_checkpoint, monkeypatch):
-    """Likewise for the fused GEGLU: opt-in, through the server's loader."""
-    import step3_deploy_real_xbot
-    from policy_models.policy import VPPPolicy
-
-    run, _, svd, clip, _ = xbot_checkpoint
-    switched = []
-    monkeypatch.setattr(VPPPolicy, "use_fused_geglu", lambda self, enabled=True: switched.append(enabled))
-    step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode=None)
-    assert switched == []
-    step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode=None, fused_geglu=True)
-    assert switched == [True]

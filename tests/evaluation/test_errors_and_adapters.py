@@ -84,9 +84,6 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
         def use_fused_decoder(self, enabled=True):
             calls.append(("fused_decoder", enabled))
 
-        def use_fused_geglu(self, enabled=True):
-            calls.append(("fused_geglu", enabled))
-
     monkeypatch.setattr(policy_models.checkpoints, "load_policy", lambda *args, **kwargs: LoadedPolicy())
     monkeypatch.setattr(video_models.attention_kernels, "use_short_query_kernels",
                         lambda unet: calls.append(("short_query", unet)))
@@ -114,15 +111,6 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
     fused("cuda:0")
     assert calls == [("exact", False), ("fused_decoder", True)]
     assert fused.settings["fused_decoder"] == "auto" and "fused_decoder" not in CheckpointPolicyFactory("/x").settings
-    # the fused GEGLU: opt-in, before compiling (the compiled passes trace it); "auto" on CUDA only
-    calls.clear()
-    geglu = CheckpointPolicyFactory("/x", fused_geglu="auto", compile_mode="auto")
-    geglu("cpu")
-    assert calls == [("exact", False)]
-    calls.clear()
-    geglu("cuda:0")
-    assert calls == [("exact", False), ("fused_geglu", True), ("compile", "default")]
-    assert geglu.settings["fused_geglu"] == "auto" and "fused_geglu" not in CheckpointPolicyFactory("/x").settings
 
 
 def test_policy_factory_sets_the_float32_matmul_precision(monkeypatch):
@@ -161,13 +149,6 @@ def test_compile_setting_is_validated(tmp_path, capsys):
     assert parser.parse_args(["--baseline", "random", "--fused_decoder", "false"]).fused_decoder is False
     with pytest.raises(SystemExit):
         parser.parse_args(["--baseline", "random", "--fused_decoder", "sometimes"])
-    bad.write_text("fused_geglu: sometimes\n")
-    assert calvin_evaluate.main(["--baseline", "random", "--env", "sim", "--config", str(bad)]) == 2
-    assert "fused_geglu must be true, false or auto" in capsys.readouterr().err
-    assert parser.parse_args(["--baseline", "random", "--fused_geglu"]).fused_geglu is True
-    assert parser.parse_args(["--baseline", "random", "--fused_geglu", "auto"]).fused_geglu == "auto"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--baseline", "random", "--fused_geglu", "sometimes"])
     bad.write_text("float32_matmul_precision: tf32\n")
     assert calvin_evaluate.main(["--baseline", "random", "--env", "sim", "--config", str(bad)]) == 2
     assert "float32_matmul_precision must be one of ['highest', 'high', 'medium']" in capsys.readouterr().err
