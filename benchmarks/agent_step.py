@@ -3,7 +3,7 @@ a 38-D state in, `run_3image` then `calculate_absolute_action`, eight absolute t
 
     python benchmarks/agent_step.py                                   # tiny random models on the CPU
     python benchmarks/agent_step.py --video_model_path W/svd --clip_model_path W/clip --device cuda   # full size
-        [--eager] [--compile none]
+        [--eager] [--compile none] [--fused-decoder false]
 
 W comes from `benchmarks/random_model_folders.py --out W`. The action head (policy_conf/model/xbot.yaml, or tiny.yaml
 without the folders) gets random weights and random normalisation statistics, and is saved as a stage-2 checkpoint
@@ -36,14 +36,15 @@ def build_agent(checkpoint: Path, video_model_path: str, clip_model_path: str, a
         policy = load_policy(checkpoint, video_model_path=video_model_path, clip_model_path=clip_model_path,
                              device=args.device)
         return XbotAgent(checkpoint, device=args.device, policy=policy)
-    compile_kwargs = {} if args.compile is None else {"compile_mode": args.compile}  # None: the agent's default
+    kwargs = {} if args.compile is None else {"compile_mode": args.compile}  # None: the agent's default
+    if args.fused_decoder is not None:  # likewise
+        kwargs["fused_decoder"] = args.fused_decoder
     return XbotAgent(checkpoint, video_model_path, clip_model_path, device=args.device,
-                     float32_matmul_precision=args.float32_matmul_precision, fused_decoder=args.fused_decoder,
-                     **compile_kwargs)
+                     float32_matmul_precision=args.float32_matmul_precision, **kwargs)
 
 
 def main(argv=None) -> dict:
-    from vpp_core.config import FLOAT32_MATMUL_PRECISIONS
+    from vpp_core.config import FLOAT32_MATMUL_PRECISIONS, switch_argument
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video_model_path", default=None, help="full-size SVD folder (default: tiny random folders)")
@@ -54,17 +55,19 @@ def main(argv=None) -> dict:
                    help="the agent's compile_mode: auto (its default: compiled on CUDA, warmed up while the agent is "
                         "built), none, default, max-autotune-no-cudagraphs")
     p.add_argument("--float32-matmul-precision", default="high", choices=FLOAT32_MATMUL_PRECISIONS)
-    p.add_argument("--fused-decoder", action="store_true",
-                   help="the agent's fused_decoder (opt-in): the sampler's decoder steps as Triton kernels (CUDA)")
+    p.add_argument("--fused-decoder", nargs="?", const=True, default=None, type=switch_argument,
+                   metavar="{auto,true,false}",
+                   help="the agent's fused_decoder, the sampler's decoder steps as Triton kernels (default: the "
+                        "agent's, auto: on CUDA; bare: true)")
     p.add_argument("--frame", default="480x640", help="camera frame size HxW (uint8, letterboxed by the agent)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=30)
     args = p.parse_args(argv)
     if (args.video_model_path is None) != (args.clip_model_path is None):
         p.error("give both --video_model_path and --clip_model_path, or neither (tiny random models)")
-    if args.eager and (args.compile or args.fused_decoder):
+    if args.eager and (args.compile or args.fused_decoder is not None):
         p.error("--eager loads the policy without the agent's settings (drop --compile and --fused-decoder)")
-    if args.fused_decoder and torch.device(args.device).type != "cuda":
+    if args.fused_decoder is True and torch.device(args.device).type != "cuda":
         p.error("--fused-decoder runs Triton kernels: it needs --device cuda")
     try:
         height, width = (int(v) for v in args.frame.split("x"))
@@ -95,7 +98,7 @@ def main(argv=None) -> dict:
     report = {
         "benchmark": "agent_step",
         "settings": {"model": "tiny" if tiny else "xbot (full size, random weights)", "device": str(device),
-                     "eager": args.eager, "compile": agent.compile_mode, "fused_decoder": args.fused_decoder,
+                     "eager": args.eager, "compile": agent.compile_mode, "fused_decoder": agent.policy.fused_decoder,
                      "float32_matmul_precision": torch.get_float32_matmul_precision(),
                      "frame": [height, width], "cameras": agent.cameras, "chunk_length": agent.chunk_length},
         "environment": environment(),

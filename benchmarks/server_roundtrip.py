@@ -143,7 +143,8 @@ def main(argv=None) -> dict:
                    metavar="MODE", help="compile the policy, as the server does on CUDA by default (default: "
                    "the eager passes in CUDA graphs, as `serve --compile none`)")
     p.add_argument("--fused-decoder", action="store_true",
-                   help="serve with the fused decoder (`serve --fused_decoder`: Triton kernels, CUDA only)")
+                   help="serve with the fused decoder (`serve --fused_decoder`: Triton kernels, CUDA only; the "
+                   "server's default on CUDA, auto, turns it on there; without this flag the harness leaves it off)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     if (args.video_model_path is None) != (args.clip_model_path is None):

@@ -42,7 +42,7 @@ class XbotAgent:
         compile_mode / float32_matmul_precision / short_query_attention / fused_decoder: as the policy server's
             flags of these names (a loaded checkpoint runs the server's fast path: on CUDA one CUDA graph per chunk,
             TF32, the short-query attention kernels and compiled passes by default; ``compile_mode=None`` starts at
-            once, with slower chunks; the fused decoder is opt-in).
+            once, with slower chunks; ``fused_decoder="auto"`` runs the decoder's Triton kernels where they can run).
         warm_up: answer one blank chunk before returning (:meth:`warm_up`). Default: when this agent compiled the
             policy, so that the minutes of compiling pass here rather than inside the robot's loop.
     """
@@ -51,7 +51,7 @@ class XbotAgent:
                  clip_model_path: str | None = None, device: str | None = None, *, policy: Any = None,
                  stats: Stats | dict | str | Path | None = None, use_ema: bool = False, dtype: Any = None,
                  letterbox: bool = True, compile_mode: str | None = "auto", float32_matmul_precision: str = "high",
-                 short_query_attention: bool | str = "auto", fused_decoder: bool | str = False,
+                 short_query_attention: bool | str = "auto", fused_decoder: bool | str = "auto",
                  warm_up: bool | None = None):
         if device is None:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"

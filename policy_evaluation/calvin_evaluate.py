@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="float32 matrix products of the action head: high = TF32 tensor cores (the yaml's default), "
                     "highest = full float32, medium = bfloat16")
     ap.add_argument("--fused_decoder", nargs="?", const=True, type=switch_argument, metavar="true|false|auto",
-                    help="the sampler's decoder steps as Triton kernels (CUDA; true, false or auto = on CUDA): 0.6 ms "
-                    "less per chunk at batch 1 on an H100; close to the eager decoder, not bit-identical")
+                    help="the sampler's decoder steps as Triton kernels (auto, the yaml's default: on CUDA where they "
+                    "run; true: on, or an error; false): 0.6 ms less per chunk at batch 1 on an H100; close to the "
+                    "eager decoder, not bit-identical")
     egl = ap.add_mutually_exclusive_group()
     egl.add_argument("--egl", dest="use_egl", action="store_true", default=None, help="force EGL rendering")
     egl.add_argument("--no_egl", dest="use_egl", action="store_false", help="pybullet's CPU TinyRenderer")
@@ -179,7 +180,7 @@ def main_evaluate(argv: list[str]) -> int:
         single_task_suite,
     )
     from policy_evaluation.suites import SuiteError, calvin_suite, parse_sim_tasks, sim_suite
-    from vpp_core.config import ConfigError, compile_setting, flag_setting, matmul_precision_setting
+    from vpp_core.config import AUTO, ConfigError, compile_setting, flag_setting, matmul_precision_setting
 
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config)
@@ -194,7 +195,7 @@ def main_evaluate(argv: list[str]) -> int:
         # checked before any env or process starts; "auto" resolves per worker, on its device
         compile_mode = compile_setting(pick("compile"), "compile")
         short_query = flag_setting(pick("short_query_attention", False), "short_query_attention")
-        fused_decoder = flag_setting(pick("fused_decoder", False), "fused_decoder")
+        fused_decoder = flag_setting(pick("fused_decoder", AUTO), "fused_decoder")
         matmul_precision = matmul_precision_setting(pick("float32_matmul_precision", "highest"),
                                                     "float32_matmul_precision")
         sim_tasks = parse_sim_tasks(pick("sim_tasks"))

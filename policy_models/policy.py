@@ -639,6 +639,24 @@ class VPPPolicy(nn.Module):
         """The compiled version of an action-head function when `compile_action_head` set one, else `eager`."""
         return self.__dict__.get("_compiled_action_head", {}).get(name, eager)
 
+    def fused_decoder_problem(self) -> str | None:
+        """Why `use_fused_decoder` cannot run on this policy (no CUDA device, no triton, an action head that is not
+        float32, a decoder layout the kernels do not compute), or None where it can: the test behind the "auto"
+        setting of the inference loaders."""
+        if self.device.type != "cuda":
+            return f"the fused decoder needs a CUDA device; the action head is on {self.device}"
+        head_dtype = self.model.inner_model.action_pred.weight.dtype
+        if head_dtype != torch.float32:
+            return f"the fused decoder runs a float32 action head; this one is {head_dtype}"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return ("the fused decoder needs triton (it ships with torch's CUDA builds on Linux): pip install triton, "
+                    "or leave the fused decoder off")
+        from policy_models.diffusion.fused_decoder import unsupported_layout
+
+        return unsupported_layout(self.model.inner_model)
+
     def use_fused_decoder(self, enabled: bool = True) -> None:
         """Run the sampler's decoder steps as the Triton kernels of `policy_models.diffusion.fused_decoder`: six
         kernels per decoder block instead of about fifteen, for the latency-bound steps at small batches. Same math,
@@ -646,16 +664,9 @@ class VPPPolicy(nn.Module):
         instead of running something else."""
         dit = self.model.inner_model
         if enabled:
-            if self.device.type != "cuda":
-                raise ValueError(f"the fused decoder needs a CUDA device; the action head is on {self.device}")
-            try:
-                import triton  # noqa: F401
-            except ImportError as exc:
-                raise ValueError("the fused decoder needs triton (it ships with torch's CUDA builds on Linux): "
-                                 "pip install triton, or leave the fused decoder off") from exc
-            from policy_models.diffusion.fused_decoder import check_supported
-
-            check_supported(dit)
+            problem = self.fused_decoder_problem()
+            if problem is not None:
+                raise ValueError(problem)
         dit.fused_decoding = enabled
         self._graphs.clear()
 

@@ -154,15 +154,16 @@ def _linear_residual(kernels, inp: torch.Tensor, weight: torch.Tensor, base: tor
     return out
 
 
-def check_supported(dit) -> None:
-    """Raise ValueError unless the decoder has the layout the kernels compute: the released configuration's
-    bias-free output projections, MLP and weight-only ln_1 / ln_2 / final norm (`bias=False`)."""
+def unsupported_layout(dit) -> str | None:
+    """Why the kernels cannot compute this decoder, or None: they compute the released configuration's bias-free
+    output projections, MLP and weight-only ln_1 / ln_2 / final norm (`bias=False`)."""
     biased = [name for name, module in dit.decoder.named_modules()
               if name.endswith(("c_proj", "c_fc", "ln_1", "ln_2")) and getattr(module, "bias", None) is not None]
     if dit.decoder.ln.bias is not None:
         biased.append("ln")
     if biased:
-        raise ValueError(f"the fused decoder needs a DiT built with bias=False; these layers have a bias: {biased}")
+        return f"the fused decoder needs a DiT built with bias=False; these layers have a bias: {biased}"
+    return None
 
 
 def planned_decoder_inputs(dit, plan, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

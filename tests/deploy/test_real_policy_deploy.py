@@ -186,8 +186,8 @@ def test_server_sets_the_float32_matmul_precision(xbot_checkpoint, monkeypatch):
         parser.parse_args(["--compile", "reduce-overhead"])
 
 
-def test_the_fused_decoder_is_opt_in_and_needs_cuda(xbot_checkpoint):
-    """Off unless asked; "auto" stays off on the CPU; asked for on the CPU, loading fails and says why."""
+def test_the_fused_decoder_is_auto_and_needs_cuda(xbot_checkpoint):
+    """"auto" (the default) stays off on the CPU; asked for on the CPU, loading fails and says why."""
     _, ckpt, svd, clip, _ = xbot_checkpoint
     assert not load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu").fused_decoder
     assert not load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_decoder="auto").fused_decoder
@@ -195,10 +195,10 @@ def test_the_fused_decoder_is_opt_in_and_needs_cuda(xbot_checkpoint):
         load_inference_policy(str(ckpt), str(svd), str(clip), device="cpu", fused_decoder=True)
 
 
-@pytest.mark.parametrize("flag, fused", [([], False), (["--fused_decoder"], True),
+@pytest.mark.parametrize("flag, fused", [([], "auto"), (["--fused_decoder"], True),
                                          (["--fused_decoder", "auto"], "auto"), (["--fused_decoder", "false"], False)])
-def test_server_loads_the_fused_decoder_only_when_asked(flag, fused, monkeypatch):
-    """--fused_decoder reaches the loader as the evaluator's switch does: off by default, bare means on."""
+def test_server_passes_its_fused_decoder_setting_to_the_loader(flag, fused, monkeypatch):
+    """--fused_decoder reaches the loader as the evaluator's switch does: auto by default, bare means on."""
     import argparse
 
     from deploy import server as server_module
@@ -223,9 +223,9 @@ def test_server_loads_the_fused_decoder_only_when_asked(flag, fused, monkeypatch
         parser.parse_args(["--fused_decoder", "sometimes"])
 
 
-def test_xbot_agent_takes_the_fused_decoder_when_asked(xbot_checkpoint, monkeypatch):
-    """The agent switches the fused decoder on only when asked, through the server's loader (which refuses it on the
-    CPU rather than running the eager decoder instead)."""
+def test_xbot_agent_takes_the_fused_decoder_setting(xbot_checkpoint, monkeypatch):
+    """The agent's fused decoder goes through the server's loader: its default "auto" leaves it off on the CPU, and
+    asked for there, the loader refuses it rather than running the eager decoder instead."""
     import step3_deploy_real_xbot
     from policy_models.policy import VPPPolicy
 
@@ -234,7 +234,7 @@ def test_xbot_agent_takes_the_fused_decoder_when_asked(xbot_checkpoint, monkeypa
     real_switch = VPPPolicy.use_fused_decoder
     monkeypatch.setattr(VPPPolicy, "use_fused_decoder", lambda self, enabled=True: switched.append(enabled))
     step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode=None)
-    assert switched == []  # opt-in
+    assert switched == []  # "auto": off on the CPU
     step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode=None, fused_decoder=True)
     assert switched == [True]
     monkeypatch.setattr(VPPPolicy, "use_fused_decoder", real_switch)

@@ -81,8 +81,13 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
         def compile_for_inference(self, mode="default"):
             calls.append(("compile", mode))
 
+        fused_decoder_problem_text = None
+
         def use_fused_decoder(self, enabled=True):
             calls.append(("fused_decoder", enabled))
+
+        def fused_decoder_problem(self):
+            return self.fused_decoder_problem_text
 
     monkeypatch.setattr(policy_models.checkpoints, "load_policy", lambda *args, **kwargs: LoadedPolicy())
     monkeypatch.setattr(video_models.attention_kernels, "use_short_query_kernels",
@@ -102,7 +107,7 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
     assert auto.settings["compile"] == "auto" and auto.settings["short_query_attention"] == "auto"
     # recorded only when on, so evaluation folders from before the setting existed still resume
     assert "short_query_attention" not in CheckpointPolicyFactory("/x").settings
-    # the fused decoder: opt-in, after compiling; "auto" on CUDA only
+    # the fused decoder, after compiling: "auto" on CUDA where the kernels run, else off with a warning saying why
     calls.clear()
     fused = CheckpointPolicyFactory("/x", fused_decoder="auto")
     fused("cpu")
@@ -111,6 +116,11 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
     fused("cuda:0")
     assert calls == [("exact", False), ("fused_decoder", True)]
     assert fused.settings["fused_decoder"] == "auto" and "fused_decoder" not in CheckpointPolicyFactory("/x").settings
+    calls.clear()
+    LoadedPolicy.fused_decoder_problem_text = "the fused decoder needs triton"
+    with pytest.warns(UserWarning, match="fused_decoder auto: left off, the fused decoder needs triton"):
+        fused("cuda:0")
+    assert calls == [("exact", False)]
 
 
 def test_policy_factory_sets_the_float32_matmul_precision(monkeypatch):

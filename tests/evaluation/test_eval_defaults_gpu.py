@@ -1,6 +1,6 @@
 """The evaluator's default policy on CUDA (run with `pytest -m gpu tests/evaluation`): compiled passes and action head
-with the short-query attention kernels and TF32 matrix products give the eager full-float32 policy's chunks within
-float rounding, and run in the whole-chunk CUDA graph."""
+with the short-query attention kernels, TF32 matrix products and the fused decoder's Triton kernels give the eager
+full-float32 policy's chunks within float rounding, and run in the whole-chunk CUDA graph."""
 
 import numpy as np
 import pytest
@@ -36,8 +36,9 @@ def test_default_evaluation_policy_matches_eager_on_cuda(save_tiny_checkpoint, t
     eager = CheckpointPolicyFactory(**common, float32_matmul_precision="highest")("cuda")
     eager_chunks = _chunks(eager)
     fast = CheckpointPolicyFactory(**common, compile_mode="auto", short_query_attention="auto",
-                                   float32_matmul_precision="high")("cuda")
+                                   float32_matmul_precision="high", fused_decoder="auto")("cuda")
     assert torch.get_float32_matmul_precision() == "high"
+    assert fast.fused_decoder and not eager.fused_decoder
     assert fast.video_compile_mode == "default" and fast.action_head_compile_mode == "default"
     processors = {type(m.processor) for m in fast.tvp_encoder.unet.modules() if hasattr(m, "processor")}
     assert processors == {ShortQueryKernelProcessor, SharedContextAttnProcessor}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from policy_models.diffusion.dit import DiffusionTransformer
-from policy_models.diffusion.fused_decoder import check_supported
+from policy_models.diffusion.fused_decoder import unsupported_layout
 
 from .helpers import run_in_triton_interpreter
 
@@ -51,9 +51,11 @@ def test_fused_decoder_kernels_equal_the_eager_decoder_in_the_interpreter():
 
 
 def test_the_fused_decoder_refuses_a_decoder_with_biases():
-    check_supported(DiffusionTransformer(embed_dim=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, bias=False))
-    with pytest.raises(ValueError, match="bias=False"):
-        check_supported(DiffusionTransformer(embed_dim=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, bias=True))
+    assert unsupported_layout(DiffusionTransformer(embed_dim=32, n_heads=2, n_enc_layers=1, n_dec_layers=1,
+                                                   bias=False)) is None
+    problem = unsupported_layout(DiffusionTransformer(embed_dim=32, n_heads=2, n_enc_layers=1, n_dec_layers=1,
+                                                      bias=True))
+    assert "bias=False" in problem and "c_proj" in problem
 
 
 def test_fused_decoding_refuses_to_run_on_the_cpu():
@@ -70,3 +72,15 @@ def test_the_policy_switch_needs_cuda(tiny_policy):
     assert not tiny_policy.fused_decoder
     tiny_policy.use_fused_decoder(False)
     assert not tiny_policy.fused_decoder
+
+
+def test_the_auto_setting_tests_the_device_the_head_dtype_and_the_layout(tiny_policy, monkeypatch):
+    """`fused_decoder_problem`, behind "auto": None for a float32 head of the released layout on a CUDA device (the
+    device is only pretended here: the check reads it, nothing runs), else the reason."""
+    pytest.importorskip("triton")
+    assert "CUDA device" in tiny_policy.fused_decoder_problem()
+    monkeypatch.setattr(type(tiny_policy), "device", property(lambda self: torch.device("cuda")))
+    assert tiny_policy.fused_decoder_problem() is None
+    head = tiny_policy.model.inner_model.action_pred
+    monkeypatch.setattr(head, "weight", torch.nn.Parameter(head.weight.detach().to(torch.bfloat16)))
+    assert "float32 action head; this one is torch.bfloat16" in tiny_policy.fused_decoder_problem()
