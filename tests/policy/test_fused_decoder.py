@@ -74,13 +74,23 @@ def test_the_policy_switch_needs_cuda(tiny_policy):
     assert not tiny_policy.fused_decoder
 
 
-def test_the_auto_setting_tests_the_device_the_head_dtype_and_the_layout(tiny_policy, monkeypatch):
-    """`fused_decoder_problem`, behind "auto": None for a float32 head of the released layout on a CUDA device (the
-    device is only pretended here: the check reads it, nothing runs), else the reason."""
+def test_the_auto_setting_tests_the_device_the_head_dtype_and_the_layout(tiny_policy):
+    """`VPPPolicy.fused_decoder_problem`, behind "auto": None for a float32 head of the released layout on a CUDA
+    device, else the reason. Only the device, the head and its decoder are read, so a stand-in policy pretends the
+    CUDA device and nothing runs."""
+    from types import SimpleNamespace
+
+    from policy_models.policy import VPPPolicy
+
     pytest.importorskip("triton")
     assert "CUDA device" in tiny_policy.fused_decoder_problem()
-    monkeypatch.setattr(type(tiny_policy), "device", property(lambda self: torch.device("cuda")))
-    assert tiny_policy.fused_decoder_problem() is None
-    head = tiny_policy.model.inner_model.action_pred
-    monkeypatch.setattr(head, "weight", torch.nn.Parameter(head.weight.detach().to(torch.bfloat16)))
-    assert "float32 action head; this one is torch.bfloat16" in tiny_policy.fused_decoder_problem()
+
+    def problem(dit):
+        return VPPPolicy.fused_decoder_problem(SimpleNamespace(device=torch.device("cuda"),
+                                                               model=SimpleNamespace(inner_model=dit)))
+
+    released = DiffusionTransformer(embed_dim=32, goal_dim=16, n_heads=2, n_enc_layers=1, n_dec_layers=1, bias=False)
+    assert problem(released) is None
+    assert "float32 action head; this one is torch.bfloat16" in problem(released.to(torch.bfloat16))
+    biased = DiffusionTransformer(embed_dim=32, goal_dim=16, n_heads=2, n_enc_layers=1, n_dec_layers=1, bias=True)
+    assert "bias=False" in problem(biased)
