@@ -113,9 +113,37 @@ def add_backend_arguments(parser) -> None:
     parser.add_argument("--sync-report", action="store_true",
                         help="also run the timed function once more and list the source lines where the host waited "
                              "for the GPU (torch.cuda.set_sync_debug_mode; CUDA only)")
+    parser.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="set torch._inductor.config KEY (dotted for sub-configs, e.g. triton.max_tiles) to the "
+                             "Python literal VALUE before anything compiles, e.g. combo_kernels=True; repeatable")
+
+
+def inductor_settings(items: list[str]) -> dict[str, Any]:
+    """`--inductor-config` items as {key: value}, each key checked against torch._inductor.config and each value a
+    Python literal, so a typo fails before minutes of compiling rather than being ignored."""
+    import ast
+
+    from torch._inductor import config as inductor_config
+
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--inductor-config: expected KEY=VALUE, got {item!r}")
+        if key not in inductor_config.get_config_copy():
+            raise SystemExit(f"--inductor-config: torch._inductor.config has no {key!r}")
+        try:
+            settings[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--inductor-config: {key}'s value must be a Python literal (True, 64, 'name'), "
+                             f"got {text!r}") from None
+    return settings
 
 
 def configure_backends(args) -> None:
+    from torch._inductor import config as inductor_config
+
+    inductor_config.load_config(inductor_settings(args.inductor_config))
     torch.set_float32_matmul_precision(args.float32_matmul_precision)
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)

@@ -435,3 +435,31 @@ def test_decoder_steps_harness_needs_cuda(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         decoder_steps.main()
     assert "need a CUDA device" in capsys.readouterr().err
+
+
+def test_inductor_config_items_are_checked_then_applied_before_compiling():
+    """`--inductor-config KEY=VALUE` (every GPU harness): unknown keys, missing '=' and values that are not Python
+    literals stop the harness at once; valid ones are set in torch._inductor.config by configure_backends."""
+    from argparse import Namespace
+
+    import torch
+    from torch._inductor import config as inductor_config
+
+    from benchmarks.common import configure_backends, inductor_settings
+
+    assert inductor_settings(["combo_kernels=True", "triton.max_tiles=3", "max_fusion_size=32"]) == {
+        "combo_kernels": True, "triton.max_tiles": 3, "max_fusion_size": 32}
+    for items, message in ((["combo_kernels"], "expected KEY=VALUE"), (["combo_kernel=True"], "has no 'combo_kernel'"),
+                           (["combo_kernels=yes"], "must be a Python literal")):
+        with pytest.raises(SystemExit, match=message):
+            inductor_settings(items)
+    saved = inductor_config.get_config_copy()
+    try:
+        assert inductor_config.combo_kernels is False and inductor_config.triton.max_tiles != 3
+        configure_backends(Namespace(inductor_config=["combo_kernels=True", "triton.max_tiles=3"],
+                                     float32_matmul_precision=torch.get_float32_matmul_precision(),
+                                     cudnn_benchmark=torch.backends.cudnn.benchmark, sdpa_backends=None))
+        assert inductor_config.combo_kernels is True and inductor_config.triton.max_tiles == 3
+    finally:
+        inductor_config.load_config(saved)
+    assert inductor_config.combo_kernels is False
