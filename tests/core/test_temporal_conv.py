@@ -80,3 +80,16 @@ def test_the_tiny_unet_gives_the_same_output_with_every_kind():
         torch.testing.assert_close(double[kind], double["conv3d"], rtol=0, atol=1e-9 * scale)
         assert (single[kind] - double[kind]).abs().max() < 5e-3 * scale
     assert not torch.equal(single["matmul"], single["conv3d"])  # other kernels did run
+
+
+@pytest.mark.parametrize("kind", ["conv2d", "matmul"])
+def test_switched_convolutions_trace_as_one_graph(kind):
+    """Switched before compiling, the convolution and the norm before it stay in one dynamo graph (no graph break), so
+    inductor can fuse the window tensor with the norm."""
+    import torch._dynamo
+
+    block = nn.Sequential(nn.GroupNorm(1, 5), nn.SiLU(), _conv())
+    set_temporal_conv(block, kind)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(block)(torch.randn(2, 5, 4, 3, 2))
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
