@@ -143,7 +143,12 @@ def inductor_settings(items: list[str]) -> dict[str, Any]:
 def configure_backends(args) -> None:
     from torch._inductor import config as inductor_config
 
-    inductor_config.load_config(inductor_settings(args.inductor_config))
+    for key, value in inductor_settings(args.inductor_config).items():
+        *path, name = key.split(".")
+        target = inductor_config
+        for part in path:  # sub-configs such as inductor_config.triton
+            target = getattr(target, part)
+        setattr(target, name, value)
     torch.set_float32_matmul_precision(args.float32_matmul_precision)
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
