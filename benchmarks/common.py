@@ -125,12 +125,13 @@ def inductor_settings(items: list[str]) -> dict[str, Any]:
 
     from torch._inductor import config as inductor_config
 
+    known = inductor_config.get_config_copy() if items else {}
     settings: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"--inductor-config: expected KEY=VALUE, got {item!r}")
-        if key not in inductor_config.get_config_copy():
+        if key not in known:
             raise SystemExit(f"--inductor-config: torch._inductor.config has no {key!r}")
         try:
             settings[key] = ast.literal_eval(text)

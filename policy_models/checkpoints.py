@@ -222,8 +222,9 @@ def load_inference_policy(
     whole process (torch.set_float32_matmul_precision; "high" runs the float32 action head on TF32 tensor cores).
     `fused_decoder` runs the sampler's decoder steps as Triton kernels (`VPPPolicy.use_fused_decoder`: 0.6 ms less
     per chunk at batch 1 on an H100, the batch these three run; slower at batch 8): True raises where they cannot
-    run, "auto" turns them on where they can (CUDA, triton, the released decoder layout) and otherwise warns that
-    they stay off. Each setting is applied before the graphs that would capture it."""
+    run, "auto" turns them on where they can (`VPPPolicy.fused_decoder_problem`: CUDA, triton, a float32 action head,
+    the released decoder layout) and on a CUDA device where they cannot, warns why they stay off. Each setting is
+    applied before the graphs that would capture it."""
     from video_models.attention_kernels import use_short_query_kernels
     from vpp_core.config import AUTO, resolve_compile_setting, resolve_flag
 
@@ -237,12 +238,12 @@ def load_inference_policy(
     compile_mode = resolve_compile_setting(compile_mode, device_type)
     if compile_mode is not None:
         policy.compile_for_inference(compile_mode)
-    if fused_decoder == AUTO and device_type == "cuda":
+    if fused_decoder == AUTO:
         problem = policy.fused_decoder_problem()
-        if problem is not None:
+        if problem is not None and device_type == "cuda":  # elsewhere, being off is what "auto" means
             warnings.warn(f"fused_decoder auto: left off, {problem}", stacklevel=2)
         fused_decoder = problem is None
-    if resolve_flag(fused_decoder, device_type):
+    if fused_decoder:
         policy.use_fused_decoder()
     return policy
 

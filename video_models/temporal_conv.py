@@ -40,7 +40,7 @@ class TemporalConvAs2d(nn.Conv3d):
     """The temporal convolution as a 2-D one: frames as rows, the H x W positions as columns, kernel (k, 1)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, t, h, w = x.shape
+        h, w = x.shape[-2:]
         out = F.conv2d(x.flatten(3), self.weight[..., 0], self.bias, padding=(self.padding[0], 0))
         return out.unflatten(3, (h, w))
 

@@ -83,13 +83,16 @@ def test_policy_factory_compiles_only_when_asked(monkeypatch):
 
         fused_decoder_problem_text = None
 
+        def __init__(self, device):
+            self.device = torch.device(device)
+
         def use_fused_decoder(self, enabled=True):
             calls.append(("fused_decoder", enabled))
 
-        def fused_decoder_problem(self):
-            return self.fused_decoder_problem_text
+        def fused_decoder_problem(self):  # as VPPPolicy's: the device first
+            return "needs a CUDA device" if self.device.type != "cuda" else self.fused_decoder_problem_text
 
-    monkeypatch.setattr(policy_models.checkpoints, "load_policy", lambda *args, **kwargs: LoadedPolicy())
+    monkeypatch.setattr(policy_models.checkpoints, "load_policy", lambda *args, device, **kwargs: LoadedPolicy(device))
     monkeypatch.setattr(video_models.attention_kernels, "use_short_query_kernels",
                         lambda unet: calls.append(("short_query", unet)))
     CheckpointPolicyFactory("/x")("cpu")
