@@ -324,17 +324,11 @@ def _host_ops_during(host_ops: list[Interval], start: float, end: float, top: in
 
 
 def add_temporal_context_argument(parser) -> None:
-    """`--per-position-temporal-context` and `--temporal-conv`, for the harnesses that build the SVD U-Net
-    (`per_position_temporal_context` and `video_models.temporal_conv.set_temporal_conv` apply them)."""
-    from video_models.temporal_conv import TEMPORAL_CONV_KINDS
-
+    """`--per-position-temporal-context`, for the harnesses that build the SVD U-Net (`per_position_temporal_context`
+    applies it)."""
     parser.add_argument("--per-position-temporal-context", action="store_true",
                         help="measurement: the U-Net's temporal cross-attention projects the text context once per "
                              "position, as diffusers' forward does (before session 14), not once per clip")
-    parser.add_argument("--temporal-conv", choices=TEMPORAL_CONV_KINDS, default="conv3d",
-                        help="experiment: compute the temporal ResNets' 3 x 1 x 1 convolutions as cuDNN 3-D "
-                             "convolutions (conv3d, the model's), 2-D ones over (frames, positions) (conv2d) or one "
-                             "matrix product over windows of frames (matmul); same sums, other rounding")
 
 
 def per_position_temporal_context(unet: torch.nn.Module) -> int:

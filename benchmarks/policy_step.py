@@ -41,7 +41,6 @@ from benchmarks.common import (
     time_fn,
 )
 from video_models.attention_kernels import use_short_query_kernels
-from video_models.temporal_conv import set_temporal_conv
 
 # size -> policy model yaml, on top of the video model of SMALL_VIDEO_CONFIGS; full size is the CALVIN policy on the
 # default (SVD) video model with a 512-d CLIP
@@ -111,15 +110,13 @@ def use_per_step_sampler(policy) -> None:
 
 
 def exactness(policy, obs: dict, instruction: str, device: torch.device,
-              fast_context=contextlib.nullcontext, temporal_conv: str = "conv3d") -> dict[str, float]:
+              fast_context=contextlib.nullcontext) -> dict[str, float]:
     """Largest |difference| between the chunks of the benchmarked settings and eager ones, for the same noise: drawn
     from an explicit generator (noise made outside any graph) and from the default generator after the same
     `torch.manual_seed` (noise drawn inside the chunk graph). Graph modes are exact (0.0); compiled passes are close.
     With cuDNN autotuning on, the graph is also compared with eager under cuDNN's default algorithm choice; with float32
     matrix products below full precision (TF32, the default), with the uncompiled eager chunk in full float32.
-    `fast_context` wraps the benchmarked settings' calls only (an autocast under test); eager runs without it. The
-    uncompiled references compute the temporal convolutions as the model does (3-D convolutions), whatever
-    `temporal_conv` the benchmarked settings use."""
+    `fast_context` wraps the benchmarked settings' calls only (an autocast under test); eager runs without it."""
 
     def chunks() -> tuple[torch.Tensor, torch.Tensor]:
         with_generator = policy.predict_action_chunk(obs, instruction, generator=torch.Generator(device).manual_seed(0))
@@ -135,19 +132,16 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
     out = {f"max_abs_diff_vs_eager_{k}": float((a - b).abs().max()) for k, a, b in
            zip(("same_generator", "same_seed"), fast, eager)}
     precision, fused = torch.get_float32_matmul_precision(), policy.fused_decoder
-    unet = policy.tvp_encoder.unet
-    other_kernels = compile_mode is not None or head_mode is not None or fused or temporal_conv != "conv3d"
+    other_kernels = compile_mode is not None or head_mode is not None or fused
     if other_kernels or precision != "highest":
         policy.compile_for_inference(None)
         policy.use_fused_decoder(False)
-        set_temporal_conv(unet, "conv3d")
         if other_kernels:
             out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
         if precision != "highest":  # the reference in full float32, as the original evaluation ran the action head
             torch.set_float32_matmul_precision("highest")
             out["max_abs_diff_vs_full_fp32_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
             torch.set_float32_matmul_precision(precision)
-        set_temporal_conv(unet, temporal_conv)
         policy.compile_video_model(compile_mode)
         policy.compile_action_head(head_mode)
         policy.use_fused_decoder(fused)
@@ -226,7 +220,6 @@ def main() -> None:
     policy = build_random_policy(device, args.size, dtypes[args.video_dtype])
     if args.per_position_temporal_context:
         per_position_temporal_context(policy.tvp_encoder.unet)
-    set_temporal_conv(policy.tvp_encoder.unet, args.temporal_conv)
     if args.channels_last:
         policy.tvp_encoder.set_conv_weight_layout(channels_last=True)
     from torch._inductor import config as inductor_config
@@ -309,9 +302,8 @@ def main() -> None:
         with inference_autocast():
             result["components"] = component_times(policy, obs, instruction, args.warmup, args.iters)
     if args.mode == "inference" and (args.cuda_graph != "off" or args.compile is not None or args.cudnn_benchmark
-                                     or args.inference_autocast or args.compile_head or args.fused_decoder
-                                     or args.temporal_conv != "conv3d"):
-        result["exactness"] = exactness(policy, obs, instruction, device, inference_autocast, args.temporal_conv)
+                                     or args.inference_autocast or args.compile_head or args.fused_decoder):
+        result["exactness"] = exactness(policy, obs, instruction, device, inference_autocast)
     if args.mode == "train":
         result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)
     emit(result)

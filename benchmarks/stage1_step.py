@@ -51,7 +51,6 @@ from video_models.checkpointing import (
 from video_models.conv_layout import set_conv_weight_layout, to_channels_last
 from video_models.edm import micro_conditioning, video_diffusion_loss
 from video_models.layer_compile import compile_unet_layers
-from video_models.temporal_conv import set_temporal_conv
 
 
 class _BF16Inputs(torch.nn.Module):
@@ -211,7 +210,6 @@ def main() -> None:
     unet = build_unet(unet_cfg).to(device).train()
     if args.per_position_temporal_context:
         per_position_temporal_context(unet)
-    set_temporal_conv(unet, args.temporal_conv)
     if args.bf16_weights:
         unet = unet.to(torch.bfloat16)
     configure_gradient_checkpointing(unet, args.checkpointing)

@@ -463,31 +463,3 @@ def test_inductor_config_items_are_checked_then_applied_before_compiling():
     finally:
         inductor_config.load_config(saved)
     assert inductor_config.combo_kernels is False
-
-
-def test_temporal_conv_experiment_in_both_harnesses(monkeypatch, capsys):
-    """`--temporal-conv`: the chunk's exactness is measured against the model's own 3-D convolutions (so it is not
-    zero when other kernels ran), the switch is put back after the references, and the stage-1 step runs with it."""
-    import torch
-
-    from benchmarks import policy_step, stage1_step
-    from video_models.temporal_conv import TemporalConvAsMatmul
-
-    kinds = []
-    real_exactness = policy_step.exactness
-
-    def recording_exactness(policy, *args):
-        out = real_exactness(policy, *args)
-        kinds.append({type(m) for m in policy.tvp_encoder.unet.modules() if isinstance(m, torch.nn.Conv3d)})
-        return out
-
-    monkeypatch.setattr(policy_step, "exactness", recording_exactness)
-    out = run_harness(policy_step, ["--tiny", "--device", "cpu", "--mode", "inference", "--warmup", "0", "--iters", "1",
-                                    "--float32-matmul-precision", "highest", "--temporal-conv", "matmul"],
-                      monkeypatch, capsys)
-    assert out["settings"]["temporal_conv"] == "matmul" and kinds == [{TemporalConvAsMatmul}]
-    difference = out["exactness"]["max_abs_diff_vs_uncompiled_eager_same_generator"]
-    assert 0 < difference < 1e-3
-    out = run_harness(stage1_step, ["--tiny", "--device", "cpu", "--batch", "1", "--warmup", "0", "--iters", "1",
-                                    "--precision", "fp32", "--temporal-conv", "conv2d"], monkeypatch, capsys)
-    assert out["settings"]["temporal_conv"] == "conv2d" and out["step"]["median_ms"] > 0
