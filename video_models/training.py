@@ -61,6 +61,7 @@ from vpp_core.io import append_jsonl, atomic_json_dump
 from vpp_core.memory import peak_memory_record
 from vpp_core.precision import mixed_precision_name, resolve_dtype
 from vpp_core.seeding import seed_everything
+from vpp_core.sharded_optimizer import ShardedAdamW
 from vpp_core.side_stream import SideStream
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,9 @@ DEFAULTS: dict[str, Any] = {
     # with compile_unet: launch each compiled layer's kernels from generated C++ instead of Python (inductor's
     # cpp_wrapper): true, false or auto (on CUDA); the same kernels, less host time per step
     "compile_cpp_wrapper": False,
+    # with several processes: each keeps the AdamW states of its share of the U-Net's parameters only (ZeRO stage 1,
+    # vpp_core.sharded_optimizer); same updates, one more broadcast of the weights per step
+    "shard_optimizer_states": False,
     "report_to": "wandb",  # wandb | none ; WANDB_MODE defaults to offline
     "train_args": {
         "project_name": "svd_xhand_cleancode",
@@ -216,6 +220,8 @@ def resolve_train_config(cfg: DictConfig | dict) -> DictConfig:
     if merged.compile_cpp_wrapper is True and merged.compile_unet is None:
         raise ConfigError("compile_cpp_wrapper=true needs compile_unet (auto or a torch.compile mode)")
     checkpointing_mode(merged.gradient_checkpointing, compiled=False)  # checked before anything is built
+    if not isinstance(merged.shard_optimizer_states, bool):
+        raise ConfigError(f"shard_optimizer_states must be true or false, got {merged.shard_optimizer_states!r}")
     missing = [k for k in REQUIRED if OmegaConf.select(merged, k) in (None, "")]
     if missing:
         raise ConfigError(
@@ -541,8 +547,7 @@ class Stage1Trainer:
 
         cfg, acc = self.cfg, self.accelerator
         fused = acc.device.type == "cuda"  # one fused kernel instead of 1,428 per-tensor updates (docs/PERFORMANCE.md)
-        optimizer = torch.optim.AdamW(
-            self.unet.parameters(),
+        adamw = dict(
             fused=fused,
             foreach=not fused,
             lr=float(cfg.learning_rate),
@@ -550,13 +555,26 @@ class Stage1Trainer:
             weight_decay=float(cfg.adam_weight_decay),
             eps=float(cfg.adam_epsilon),
         )
+        self.sharded_optimizer = bool(cfg.shard_optimizer_states)
+        if self.sharded_optimizer and acc.num_processes == 1:
+            log.warning("shard_optimizer_states: a run of one process has nothing to shard; using plain AdamW")
+            self.sharded_optimizer = False
+        if self.sharded_optimizer:
+            optimizer = ShardedAdamW(self.unet.parameters(), **adamw)
+            log.info("AdamW states sharded over %d processes", acc.num_processes)
+        else:
+            optimizer = torch.optim.AdamW(self.unet.parameters(), **adamw)
         lr_scheduler = get_scheduler(
             cfg.lr_scheduler,
             optimizer=optimizer,
             num_warmup_steps=int(cfg.lr_warmup_steps) * acc.num_processes,
             num_training_steps=int(cfg.max_train_steps) * acc.num_processes,
         )
-        self.unet, self.optimizer, self.lr_scheduler = acc.prepare(self.unet, optimizer, lr_scheduler)
+        # accelerate would move the new optimizer's (empty) state to the device through state_dict(), which for the
+        # sharded optimizer is a collective that answers on rank 0 only
+        self.unet, self.optimizer, self.lr_scheduler = acc.prepare(
+            self.unet, optimizer, lr_scheduler, device_placement=[True, not self.sharded_optimizer, True]
+        )
 
     # ------------------------------------------------------------------------------------------------ the step
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
