@@ -52,6 +52,9 @@ def test_config_forms_and_validation(caplog):
         resolve_train_config(load_config(None, [*paths, "learning_rat=1"]))
     with pytest.raises(ConfigError, match=r"train_args.datset"):
         resolve_train_config(load_config(None, [*paths, "train_args.datset=x"]))
+    assert cfg.shard_optimizer_states is False
+    with pytest.raises(ConfigError, match=r"shard_optimizer_states must be true or false, got 'zero1'"):
+        resolve_train_config(load_config(None, [*paths, "shard_optimizer_states=zero1"]))
     with caplog.at_level(logging.WARNING):
         resolve_train_config(load_config(None, [*paths, "use_8bit_adam=false", "train_args.tie_weight=true"]))
     assert "use_8bit_adam" in caplog.text and "train_args.tie_weight" in caplog.text
@@ -68,9 +71,14 @@ def test_epoch_sampler_shards_and_resumes():
     assert list(s) == full[4:] and len(s) == 6
 
 
-def test_loss_goes_down_on_one_batch(tiny_model_dirs, data_root, tmp_path):
-    cfg = load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path, learning_rate=1e-3))
-    trainer = Stage1Trainer(cfg)
+def test_loss_goes_down_on_one_batch(tiny_model_dirs, data_root, tmp_path, caplog):
+    """(Also: shard_optimizer_states in a run of one process says so and trains with plain AdamW.)"""
+    cfg = load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, tmp_path, learning_rate=1e-3,
+                                           shard_optimizer_states="true"))
+    with caplog.at_level(logging.WARNING):
+        trainer = Stage1Trainer(cfg)
+    assert "a run of one process has nothing to shard" in caplog.text
+    assert type(trainer.optimizer.optimizer) is torch.optim.AdamW
     batch = next(iter(trainer.train_loader))
     losses = []
     for _ in range(8):
