@@ -15,6 +15,8 @@ come from (docs/PERFORMANCE.md, session 10):
         --root D && python -m policy_models.datasets.encode_latents --root D --video_model_path W/svd
     python step2_train_action_calvin.py --root_data_dir D --video_model_path W/svd --text_encoder_path W/clip \\
         dataloader.batch_size=32 training.max_steps=80 training.validate=false
+
+and stage 1 with 1 and N processes from `benchmarks/stage1_scaling.py --work W`.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from video_models.builders import build_video_model, make_tiny_video_model_folders, save_model_folders
+from video_models.builders import build_video_model, save_model_folders
+from vpp_core.config import load_config
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "video_conf" / "tiny.yaml"
 
 
 def write_model_folders(out: Path, tiny: bool = False, seed: int = 0) -> tuple[Path, Path]:
-    """(svd folder, clip folder) under `out`; `tiny` builds video_conf/tiny.yaml's models instead (for tests)."""
-    if tiny:
-        return make_tiny_video_model_folders(out, seed=seed, prefix="random")
-    # empty config: the full-size SVD U-Net and VAE, CLIP B/32 text tower
-    return save_model_folders(build_video_model({}, seed=seed), out / "svd", out / "clip")
+    """`out`/svd and `out`/clip; `tiny` builds video_conf/tiny.yaml's models instead (for tests)."""
+    # tiny.yaml's model block, or the empty config: the full-size SVD U-Net and VAE, CLIP B/32 text tower
+    model = build_video_model(load_config(TINY_CONFIG).model if tiny else {}, seed=seed)
+    return save_model_folders(model, out / "svd", out / "clip")
 
 
 def write_latent_clips(root: Path, clips: int, frames: int, size: int, seed: int = 0,

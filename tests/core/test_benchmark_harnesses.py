@@ -463,3 +463,40 @@ def test_inductor_config_items_are_checked_then_applied_before_compiling():
     finally:
         inductor_config.load_config(saved)
     assert inductor_config.combo_kernels is False
+
+
+def test_stage1_scaling_runs_the_trainer_with_one_and_two_processes(tmp_path, capsys):
+    """The scaling harness on the CPU (gloo): both runs finish, their log windows after the skipped ones give the
+    rates, and nothing but the timing run is written (no validation, samples or checkpoints)."""
+    from benchmarks import random_model_folders, stage1_scaling
+
+    work = tmp_path / "w"
+    random_model_folders.main(["--out", str(work), "--tiny", "--stage1-clips", "4", "--frames", "17"])
+    capsys.readouterr()
+    tiny = Path(__file__).resolve().parents[2] / "video_conf" / "tiny.yaml"
+    out = stage1_scaling.main(["--work", str(work), "--processes", "1,2", "--config", str(tiny), "--steps", "3",
+                               "--log-every", "1", "--skip-windows", "1", "--cpu", "--timeout", "300",
+                               "--set", "mixed_precision=no"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(out, default=str))
+    for n in ("1", "2"):
+        run = out["runs"][n]
+        assert run["finished"], run.get("output_tail")
+        assert run["windows"] == 2 and len(run["samples_per_s_per_window"]) == 2 and run["samples_per_s"] > 0
+        assert run["samples_per_s_per_process"] == pytest.approx(run["samples_per_s"] / int(n))
+        assert sorted(p.name for p in Path(run["run_dir"]).iterdir()) == ["config.yaml", "metrics.jsonl", "samples"]
+    assert out["runs"]["1"]["scaling_efficiency"] == pytest.approx(1.0) and out["runs"]["2"]["scaling_efficiency"] > 0
+
+
+def test_stage1_scaling_window_rates_and_missing_folders(tmp_path):
+    from benchmarks import stage1_scaling
+
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "samples_per_s": 1.0}, {"step": 2, "val_loss": 0.5}, {"step": 2, "samples_per_s": 4.0},
+            {"step": 3, "samples_per_s": 2.0, "peak_memory_gib": 3.0}, {"step": 4, "samples_per_s": 3.0}]
+    metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rates = stage1_scaling.window_rates(metrics, skip_windows=1)
+    assert rates["windows"] == 3 and rates["samples_per_s"] == 3.0 and rates["rank0_peak_memory_gib"] == 3.0
+    with pytest.raises(ValueError, match="4 logged windows, none left after skipping 4"):
+        stage1_scaling.window_rates(metrics, skip_windows=4)
+    with pytest.raises(SystemExit):
+        stage1_scaling.main(["--work", str(tmp_path / "nothing")])
