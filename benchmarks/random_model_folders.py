@@ -16,7 +16,7 @@ come from (docs/PERFORMANCE.md, session 10):
     python step2_train_action_calvin.py --root_data_dir D --video_model_path W/svd --text_encoder_path W/clip \\
         dataloader.batch_size=32 training.max_steps=80 training.validate=false
 
-and stage 1 with 1 and N processes from `benchmarks/stage1_scaling.py --work W`.
+and either stage with 1 and N processes from `benchmarks/trainer_scaling.py --work W`.
 """
 
 from __future__ import annotations

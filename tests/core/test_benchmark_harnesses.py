@@ -465,38 +465,63 @@ def test_inductor_config_items_are_checked_then_applied_before_compiling():
     assert inductor_config.combo_kernels is False
 
 
-def test_stage1_scaling_runs_the_trainer_with_one_and_two_processes(tmp_path, capsys):
-    """The scaling harness on the CPU (gloo): both runs finish, their log windows after the skipped ones give the
-    rates, and nothing but the timing run is written (no validation, samples or checkpoints)."""
-    from benchmarks import random_model_folders, stage1_scaling
-
-    work = tmp_path / "w"
-    random_model_folders.main(["--out", str(work), "--tiny", "--stage1-clips", "4", "--frames", "17"])
-    capsys.readouterr()
-    tiny = Path(__file__).resolve().parents[2] / "video_conf" / "tiny.yaml"
-    out = stage1_scaling.main(["--work", str(work), "--processes", "1,2", "--config", str(tiny), "--steps", "3",
-                               "--log-every", "1", "--skip-windows", "1", "--cpu", "--timeout", "300",
-                               "--set", "mixed_precision=no"])
+def _scaling_run(scaling, argv: list[str], capsys) -> dict:
+    out = scaling.main(argv)
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(out, default=str))
     for n in ("1", "2"):
         run = out["runs"][n]
         assert run["finished"], run.get("output_tail")
         assert run["windows"] == 2 and len(run["samples_per_s_per_window"]) == 2 and run["samples_per_s"] > 0
         assert run["samples_per_s_per_process"] == pytest.approx(run["samples_per_s"] / int(n))
-        assert sorted(p.name for p in Path(run["run_dir"]).iterdir()) == ["config.yaml", "metrics.jsonl", "samples"]
     assert out["runs"]["1"]["scaling_efficiency"] == pytest.approx(1.0) and out["runs"]["2"]["scaling_efficiency"] > 0
+    return out
 
 
-def test_stage1_scaling_window_rates_and_missing_folders(tmp_path):
-    from benchmarks import stage1_scaling
+@pytest.mark.parametrize("stage", [1, 2])
+def test_trainer_scaling_runs_each_trainer_with_one_and_two_processes(stage, tmp_path, capsys):
+    """The scaling harness on the CPU (gloo), on the tiny configs: both runs of each stage finish, their log windows
+    after the skipped one give the rates, and no validation, sample videos or (stage 1) checkpoints are written."""
+    from benchmarks import random_model_folders, trainer_scaling
+    from policy_models.datasets.synthetic import SyntheticCalvinSpec, write_synthetic_calvin
+
+    work = tmp_path / "w"
+    random_model_folders.main(["--out", str(work), "--tiny", "--stage1-clips", "4", "--frames", "17"])
+    capsys.readouterr()
+    repo = Path(__file__).resolve().parents[2]
+    argv = ["--stage", str(stage), "--work", str(work), "--processes", "1,2", "--steps", "3", "--log-every", "1",
+            "--skip-windows", "1", "--cpu", "--timeout", "300"]
+    if stage == 1:
+        argv += ["--config", str(repo / "video_conf" / "tiny.yaml"), "--set", "mixed_precision=no"]
+    else:
+        data = tmp_path / "calvin"
+        write_synthetic_calvin(data, SyntheticCalvinSpec(episodes=2, episode_len=64, segment_len=32, segment_stride=16))
+        argv += ["--data", str(data), "--config", str(repo / "policy_conf" / "tiny_calvin.yaml")]
+    out = _scaling_run(trainer_scaling, argv, capsys)
+    written = {n: sorted(p.name for p in Path(run["run_dir"]).iterdir()) for n, run in out["runs"].items()}
+    if stage == 1:
+        assert all(names == ["config.yaml", "metrics.jsonl", "samples"] for names in written.values())
+        assert all(not any((Path(run["run_dir"]) / "samples").iterdir()) for run in out["runs"].values())
+    else:  # the stage-2 trainer always saves its last step
+        assert all("checkpoints" in names and "metrics.jsonl" in names for names in written.values())
+        for run in out["runs"].values():
+            rows = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+            assert not any("val_mse" in row for row in rows)
+
+
+def test_trainer_scaling_window_rates_and_missing_inputs(tmp_path):
+    from benchmarks import trainer_scaling
 
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"step": 1, "samples_per_s": 1.0}, {"step": 2, "val_loss": 0.5}, {"step": 2, "samples_per_s": 4.0},
             {"step": 3, "samples_per_s": 2.0, "peak_memory_gib": 3.0}, {"step": 4, "samples_per_s": 3.0}]
     metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    rates = stage1_scaling.window_rates(metrics, skip_windows=1)
+    rates = trainer_scaling.window_rates(metrics, skip_windows=1)
     assert rates["windows"] == 3 and rates["samples_per_s"] == 3.0 and rates["rank0_peak_memory_gib"] == 3.0
     with pytest.raises(ValueError, match="4 logged windows, none left after skipping 4"):
-        stage1_scaling.window_rates(metrics, skip_windows=4)
+        trainer_scaling.window_rates(metrics, skip_windows=4)
     with pytest.raises(SystemExit):
-        stage1_scaling.main(["--work", str(tmp_path / "nothing")])
+        trainer_scaling.main(["--stage", "1", "--work", str(tmp_path / "nothing")])
+    for folder in ("svd", "clip"):
+        (tmp_path / folder).mkdir()
+    with pytest.raises(SystemExit):  # stage 2 without a CALVIN-format root
+        trainer_scaling.main(["--stage", "2", "--work", str(tmp_path), "--data", str(tmp_path / "nothing")])
