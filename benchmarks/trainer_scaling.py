@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,8 +50,8 @@ def trainer_overrides(stage: int, work: Path, data: Path | None, run_dir: Path, 
                       log_every: int) -> list[str]:
     """The trainer's settings for a timing run on the folders of `random_model_folders.py` under `work` (stage 2:
     and the CALVIN-format root `data`)."""
-    never = steps + 1  # validation, sample videos and checkpoints only after the last step
     if stage == 1:
+        never = steps + 1  # validation, sample videos and checkpoints only after the last step
         return [
             f"pretrained_model_path={work / 'svd'}", f"train_args.clip_model_path={work / 'clip'}",
             f"train_args.dataset_dir={work / 'stage1_data'}", "train_args.dataset=robo", "train_args.prob=[1.0]",
@@ -84,19 +85,22 @@ def window_rates(metrics: Path, skip_windows: int) -> dict[str, Any]:
 
 def run_trainer(script: str, processes: int, config: Path, overrides: list[str], cpu: bool,
                 timeout: float) -> tuple[bool, str]:
-    """A trainer script in `processes` torchrun processes; (finished, the end of its output)."""
+    """A trainer script in `processes` torchrun processes; (finished, the end of its output). On a timeout the whole
+    process group goes, so that no worker is left holding a GPU for the next run."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
     if cpu:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
            str(REPO / script), "--config", str(config), *overrides]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        tail = (exc.stdout or b"")[-1500:] + (exc.stderr or b"")[-1500:]
-        return False, f"timed out after {timeout:.0f} s: " + (tail.decode(errors="replace") if isinstance(tail, bytes)
-                                                              else tail)
-    return proc.returncode == 0, (proc.stdout[-1500:] + proc.stderr[-1500:])
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        return False, f"timed out after {timeout:g} s: " + stdout[-1500:] + stderr[-1500:]
+    return proc.returncode == 0, stdout[-1500:] + stderr[-1500:]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

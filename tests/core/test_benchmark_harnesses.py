@@ -525,3 +525,5 @@ def test_trainer_scaling_window_rates_and_missing_inputs(tmp_path):
         (tmp_path / folder).mkdir()
     with pytest.raises(SystemExit):  # stage 2 without a CALVIN-format root
         trainer_scaling.main(["--stage", "2", "--work", str(tmp_path), "--data", str(tmp_path / "nothing")])
+    finished, tail = trainer_scaling.run_trainer("step1_train_svd.py", 2, tmp_path / "no.yaml", [], True, timeout=0.5)
+    assert not finished and tail.startswith("timed out after 0.5 s")  # the processes were stopped, not waited for
