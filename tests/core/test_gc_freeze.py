@@ -12,7 +12,10 @@ class _Node:
     pass
 
 
-def test_freezes_once_after_collecting_and_unfreezes_on_exit():
+def test_freezes_once_after_collecting_and_unfreezes_on_exit(monkeypatch):
+    freezes = []
+    real_freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: (freezes.append(1), real_freeze())[-1])
     assert gc.get_freeze_count() == 0
     cycle = _Node()
     cycle.self = cycle
@@ -27,7 +30,10 @@ def test_freezes_once_after_collecting_and_unfreezes_on_exit():
         assert dead() is None  # the garbage cycle was collected, not frozen
         heap.freeze_once()
         _Node()
-        assert gc.get_freeze_count() == frozen  # once only
+        assert len(freezes) == 1  # once only
+        # nothing made since joins the frozen objects; some of them may be freed meanwhile (other threads' objects,
+        # e.g. a progress bar's monitor thread left by an earlier test)
+        assert gc.get_freeze_count() <= frozen
     assert gc.get_freeze_count() == 0 and not heap.frozen
     assert alive is not None
 
