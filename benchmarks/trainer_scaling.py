@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import emit, environment
+from vpp_core.torchrun import run_torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,20 +84,15 @@ def run_trainer(script: str, processes: int, config: Path, overrides: list[str],
                 timeout: float) -> tuple[bool, str]:
     """A trainer script in `processes` torchrun processes; (finished, the end of its output). On a timeout the whole
     process group goes, so that no worker is left holding a GPU for the next run."""
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env = {"WANDB_MODE": "disabled"}
     if cpu:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-           str(REPO / script), "--config", str(config), *overrides]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        return False, f"timed out after {timeout:g} s: " + stdout[-1500:] + stderr[-1500:]
-    return proc.returncode == 0, stdout[-1500:] + stderr[-1500:]
+    code, stdout, stderr = run_torchrun(REPO / script, ["--config", str(config), *overrides], processes, env,
+                                        timeout, cwd=REPO)
+    tail = stdout[-1500:] + stderr[-1500:]
+    if code is None:
+        return False, f"timed out after {timeout:g} s: " + tail
+    return code == 0, tail
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

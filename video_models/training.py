@@ -555,11 +555,11 @@ class Stage1Trainer:
             weight_decay=float(cfg.adam_weight_decay),
             eps=float(cfg.adam_epsilon),
         )
-        self.sharded_optimizer = bool(cfg.shard_optimizer_states)
-        if self.sharded_optimizer and acc.num_processes == 1:
+        sharded = bool(cfg.shard_optimizer_states)
+        if sharded and acc.num_processes == 1:
             log.warning("shard_optimizer_states: a run of one process has nothing to shard; using plain AdamW")
-            self.sharded_optimizer = False
-        if self.sharded_optimizer:
+            sharded = False
+        if sharded:
             optimizer = ShardedAdamW(self.unet.parameters(), **adamw)
             log.info("AdamW states sharded over %d processes", acc.num_processes)
         else:
@@ -573,7 +573,7 @@ class Stage1Trainer:
         # accelerate would move the new optimizer's (empty) state to the device through state_dict(), which for the
         # sharded optimizer is a collective that answers on rank 0 only
         self.unet, self.optimizer, self.lr_scheduler = acc.prepare(
-            self.unet, optimizer, lr_scheduler, device_placement=[True, not self.sharded_optimizer, True]
+            self.unet, optimizer, lr_scheduler, device_placement=[True, not sharded, True]
         )
 
     # ------------------------------------------------------------------------------------------------ the step
