@@ -20,13 +20,13 @@ import json
 import shutil
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from vpp_core.io import atomic_write
+from vpp_core.process_pool import spawn_pool
 from vpp_core.video_io import read_video, write_mp4
 
 IMAGE_KEYS = ("rgb_static", "rgb_gripper")
@@ -74,7 +74,7 @@ def pack(dataset: str | Path, output: str | Path, crf: int = 18, workers: int = 
     shutil.copy(plan_file, output / "plan.json")
     args = ([str(s) for s in sources], [str(output / "episodes")] * len(sources), [crf] * len(sources))
     results = []
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    with spawn_pool(workers) as pool:
         for r in tqdm(pool.map(_pack_episode, *args), total=len(sources), desc="packing", unit="episode"):
             results.append(r)
     manifest = {
@@ -126,7 +126,7 @@ def unpack(archive: str | Path, output: str | Path, workers: int = 1, annotation
     (work / "episodes").mkdir(parents=True, exist_ok=True)
     shutil.copy(archive / "plan.json", work / "plan.json")
     todo = [e for e in manifest["episodes"] if not (work / "episodes" / f"{e['name']}.npz").exists()]
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    with spawn_pool(workers) as pool:
         futures = pool.map(_unpack_episode, [str(archive)] * len(todo), todo, [str(work / "episodes")] * len(todo))
         for _ in tqdm(futures, total=len(todo), desc="decoding", unit="episode"):
             pass

@@ -31,7 +31,6 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import yaml
 from tqdm import tqdm
 
 from vpp_core.io import atomic_write
+from vpp_core.process_pool import spawn_pool
 from vpp_core.video_io import write_mp4
 
 logger = logging.getLogger("vpp_sim.generate")
@@ -256,7 +256,7 @@ def layout(out: Path, jobs: list[Job], work: Path, phrasings: dict[str, list[str
                 _write_episode_files(*args)
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with spawn_pool(workers) as pool:
                 for _ in pool.map(_write_episode_files, *zip(*pending)) if pending else ():
                     bar.update(1)
         bar.close()
@@ -322,7 +322,7 @@ def generate(output: str | Path, episodes_per_task: int, seed: int = 0, val_frac
         results = (simulate_job(j, str(work), max_attempts) for j in todo)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = spawn_pool(workers)
         results = pool.map(simulate_job, todo, [str(work)] * len(todo), [max_attempts] * len(todo))
     try:
         for index, ok, _ in results:

@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -48,6 +47,7 @@ from policy_models.datasets.calvin import (
     find_lang_file,
     load_lang_annotations,
 )
+from vpp_core.process_pool import SPAWN
 
 log = logging.getLogger("pack_calvin")
 
@@ -241,7 +241,7 @@ def pack_split(
         from tqdm import tqdm
 
         bar = tqdm(total=n, initial=done, unit="frame", desc=f"pack {split_dir.name}", smoothing=0.05)
-    pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) if workers > 1 else None
+    pool = SPAWN.Pool(workers) if workers > 1 else None  # never forked: see vpp_core.process_pool
     try:
         results = pool.imap(_read_frames, jobs) if pool else map(_read_frames, jobs)
         for s, res in zip(starts, results):
