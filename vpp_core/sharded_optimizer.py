@@ -14,11 +14,17 @@ AdamW would: states under global parameter indices.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch.distributed.optim import ZeroRedundancyOptimizer
+
+
+def state_numel(state: Mapping[Any, Mapping[str, Any]]) -> int:
+    """Elements of the tensors in an optimizer's per-parameter state (`optimizer.state`, or a state dict's "state"),
+    AdamW's step counts included."""
+    return sum(t.numel() for per_param in state.values() for t in per_param.values() if torch.is_tensor(t))
 
 
 class ShardedAdamW(ZeroRedundancyOptimizer):
@@ -48,4 +54,4 @@ class ShardedAdamW(ZeroRedundancyOptimizer):
 
     def local_state_numel(self) -> int:
         """Elements of the optimizer state tensors this process holds (AdamW's step counts included)."""
-        return sum(t.numel() for state in self.optim.state.values() for t in state.values() if torch.is_tensor(t))
+        return state_numel(self.optim.state)

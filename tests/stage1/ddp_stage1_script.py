@@ -7,15 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import tiny_overrides  # noqa: E402
 
 from video_models.training import Stage1Trainer  # noqa: E402
 from vpp_core.config import load_config  # noqa: E402
-from vpp_core.sharded_optimizer import ShardedAdamW  # noqa: E402
+from vpp_core.sharded_optimizer import ShardedAdamW, state_numel  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[2] / "video_conf" / "tiny.yaml"
 
@@ -26,14 +24,11 @@ if __name__ == "__main__":
     rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes  # (train() ends the group)
     result = trainer.train()
     optimizer = trainer.optimizer.optimizer  # inside accelerate's wrapper
-    if isinstance(optimizer, ShardedAdamW):
-        state_numel = optimizer.local_state_numel()  # the wrapper's own .state is not what this rank holds
-    else:
-        state_numel = sum(t.numel() for state in optimizer.state.values() for t in state.values()
-                          if torch.is_tensor(t))
+    # a sharded optimizer's own .state is not what this rank holds
+    local_numel = optimizer.local_state_numel() if isinstance(optimizer, ShardedAdamW) else state_numel(optimizer.state)
     record = {"rank": rank, "world": world, "global_step": result.global_step, "train_losses": result.train_losses,
               "val_losses": {str(k): v for k, v in result.val_losses.items()}, "run_dir": str(result.run_dir),
               "checkpoints": [str(c) for c in result.checkpoints], "sharded": isinstance(optimizer, ShardedAdamW),
-              "optimizer_state_numel": state_numel,
+              "optimizer_state_numel": local_numel,
               "parameters": sum(p.numel() for p in trainer.unet.parameters())}
     Path(out, f"result_{rank}.json").write_text(json.dumps(record))
