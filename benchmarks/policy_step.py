@@ -115,7 +115,8 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
     from an explicit generator (noise made outside any graph) and from the default generator after the same
     `torch.manual_seed` (noise drawn inside the chunk graph). Graph modes are exact (0.0); compiled passes are close.
     With cuDNN autotuning on, the graph is also compared with eager under cuDNN's default algorithm choice; with float32
-    matrix products below full precision (TF32, the default), with the uncompiled eager chunk in full float32.
+    matrix products below full precision (TF32, the default), with the uncompiled eager chunk in full float32. The
+    uncompiled references also run the original's kernels: the compiled decoder steps, the explicit Perceiver softmax.
     `fast_context` wraps the benchmarked settings' calls only (an autocast under test); eager runs without it."""
 
     def chunks() -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,11 +132,12 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
     eager = chunks()
     out = {f"max_abs_diff_vs_eager_{k}": float((a - b).abs().max()) for k, a, b in
            zip(("same_generator", "same_seed"), fast, eager)}
-    precision, fused = torch.get_float32_matmul_precision(), policy.fused_decoder
-    other_kernels = compile_mode is not None or head_mode is not None or fused
+    precision, fused, sdpa = torch.get_float32_matmul_precision(), policy.fused_decoder, policy.sdpa_perceiver
+    other_kernels = compile_mode is not None or head_mode is not None or fused or sdpa
     if other_kernels or precision != "highest":
         policy.compile_for_inference(None)
         policy.use_fused_decoder(False)
+        policy.use_sdpa_perceiver(False)
         if other_kernels:
             out["max_abs_diff_vs_uncompiled_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
         if precision != "highest":  # the reference in full float32, as the original evaluation ran the action head
@@ -145,6 +147,7 @@ def exactness(policy, obs: dict, instruction: str, device: torch.device,
         policy.compile_video_model(compile_mode)
         policy.compile_action_head(head_mode)
         policy.use_fused_decoder(fused)
+        policy.use_sdpa_perceiver(sdpa)
     if torch.backends.cudnn.benchmark:
         torch.backends.cudnn.benchmark = False  # cuDNN's default algorithm choice
         out["max_abs_diff_vs_default_cudnn_eager_same_generator"] = float((fast[0] - chunks()[0]).abs().max())
@@ -189,6 +192,9 @@ def main() -> None:
                              "step computes its sigma's conditioning and the context's keys and values itself")
     parser.add_argument("--fused-decoder", action="store_true",
                         help="inference: the sampler's decoder steps as Triton kernels (policy.use_fused_decoder)")
+    parser.add_argument("--sdpa-perceiver", action="store_true",
+                        help="both modes: the Video Former's Perceiver attention as F.scaled_dot_product_attention "
+                             "instead of the original's explicit softmax (policy.use_sdpa_perceiver)")
     parser.add_argument("--inductor-freezing", action="store_true",
                         help="inference, experiment: torch._inductor.config.freezing = True (weights folded into the "
                              "compiled graph as constants; later in-place weight updates are not seen)")
@@ -240,6 +246,8 @@ def main() -> None:
         use_per_step_sampler(policy)
     if args.fused_decoder:
         policy.use_fused_decoder()
+    if args.sdpa_perceiver:
+        policy.use_sdpa_perceiver()
     policy.cuda_graph = args.cuda_graph
     rng = np.random.default_rng(0)
     e = policy.embodiment
@@ -302,7 +310,8 @@ def main() -> None:
         with inference_autocast():
             result["components"] = component_times(policy, obs, instruction, args.warmup, args.iters)
     if args.mode == "inference" and (args.cuda_graph != "off" or args.compile is not None or args.cudnn_benchmark
-                                     or args.inference_autocast or args.compile_head or args.fused_decoder):
+                                     or args.inference_autocast or args.compile_head or args.fused_decoder
+                                     or args.sdpa_perceiver):
         result["exactness"] = exactness(policy, obs, instruction, device, inference_autocast)
     if args.mode == "train":
         result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)

@@ -33,7 +33,7 @@ from policy_models.datasets.base import preprocess_rgb
 from policy_models.diffusion.dit import DiffusionTransformer
 from policy_models.diffusion.edm import GCDenoiser, make_sample_density
 from policy_models.diffusion.samplers import get_sampler, get_sigmas, initial_noise
-from policy_models.video_former import build_video_former
+from policy_models.video_former import PerceiverAttentionLayer, build_video_former, use_sdpa_perceiver
 from vpp_core.side_stream import SideStream
 
 FROZEN_MODULES = ("tvp_encoder", "goal_encoder")
@@ -674,6 +674,18 @@ class VPPPolicy(nn.Module):
     def fused_decoder(self) -> bool:
         """Whether the sampler's decoder steps run as fused Triton kernels (`use_fused_decoder`)."""
         return self.model.inner_model.fused_decoding
+
+    def use_sdpa_perceiver(self, enabled: bool = True) -> None:
+        """Compute the Video Former's Perceiver attention with `F.scaled_dot_product_attention` instead of the
+        original's explicit softmax (`policy_models.video_former.PerceiverAttentionLayer`). Same math, other
+        rounding; any device, training included. Off by default until it is timed on the GPU."""
+        use_sdpa_perceiver(self.Video_Former, enabled)
+        self._graphs.clear()
+
+    @property
+    def sdpa_perceiver(self) -> bool:
+        """Whether the Video Former's Perceiver attention runs as `F.scaled_dot_product_attention`."""
+        return all(m.use_sdpa for m in self.Video_Former.modules() if isinstance(m, PerceiverAttentionLayer))
 
     def compile_for_inference(self, mode: str | None = "default") -> None:
         """Opt-in: `compile_video_model` and `compile_action_head` with one mode (`None`: all eager again). With the

@@ -27,13 +27,20 @@ def feed_forward_layer(dim: int, mult: int = 4, activation: str = "gelu") -> nn.
 
 
 class PerceiverAttentionLayer(nn.Module):
-    """Latents attend to [media ; latents] (both layer-normed); no biases; explicit stabilised softmax."""
+    """Latents attend to [media ; latents] (both layer-normed); no biases; explicit stabilised softmax.
+
+    `use_sdpa` (off by default; `use_sdpa_perceiver` sets it for a whole Video Former) computes the same attention with
+    `F.scaled_dot_product_attention`, one kernel that reads the heads of the key and value projections in place. The
+    explicit path, the original's, materialises the scores and copies the keys and values into the head-major layout
+    of its two batched products: about 0.3 ms of small kernels in a chunk at batch 1 (docs/PERFORMANCE.md, session 29).
+    Same math, other rounding: the subtracted row maximum leaves the softmax unchanged."""
 
     def __init__(self, *, dim: int, dim_head: int = 64, heads: int = 8):
         super().__init__()
         self.scale = dim_head**-0.5
         self.heads = heads
         self.dim_head = dim_head
+        self.use_sdpa = False
         inner_dim = dim_head * heads
         self.norm_media = nn.LayerNorm(dim)
         self.norm_latents = nn.LayerNorm(dim)
@@ -52,6 +59,9 @@ class PerceiverAttentionLayer(nn.Module):
         k = self.to_k(kv_input)
         v = self.to_v(kv_input)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=h) for t in (q, k, v))
+        if self.use_sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
         q = q * self.scale
         sim = torch.einsum("... i d, ... j d -> ... i j", q, k)
         sim = sim - sim.amax(dim=-1, keepdim=True).detach()
@@ -150,6 +160,17 @@ class Video_Former_2D(_VideoFormerBase):  # noqa: N801 - original class name
         super().__init__(dim=dim, depth=depth, condition_dim=condition_dim, dim_head=dim_head, heads=heads,
                          num_latents=num_latents, num_frame=num_frame, num_time_embeds=num_time_embeds,
                          ff_mult=ff_mult, use_temporal=False)
+
+
+def use_sdpa_perceiver(former: nn.Module, enabled: bool = True) -> None:
+    """Switch every Perceiver attention of `former` between `F.scaled_dot_product_attention` (True) and the
+    original's explicit softmax (False); see `PerceiverAttentionLayer`. Parameters and state-dict keys stay as they
+    are; a compiled pass recompiles, since dynamo guards the attribute."""
+    layers = [m for m in former.modules() if isinstance(m, PerceiverAttentionLayer)]
+    if not layers:
+        raise ValueError(f"{type(former).__name__} has no Perceiver attention layers to switch")
+    for layer in layers:
+        layer.use_sdpa = enabled
 
 
 def build_video_former(kind: str, **kwargs) -> nn.Module:

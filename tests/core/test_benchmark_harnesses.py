@@ -108,6 +108,26 @@ def test_policy_inference_times_eval_mode_and_reports_cudnn_exactness(monkeypatc
     assert torch.get_float32_matmul_precision() == "highest"
 
 
+def test_policy_inference_with_sdpa_perceiver_compares_with_the_explicit_softmax(monkeypatch, capsys):
+    from benchmarks import policy_step
+    from policy_models.policy import VPPPolicy
+    from policy_models.video_former import PerceiverAttentionLayer
+
+    kernels, switches = [], []
+    forward, switch = PerceiverAttentionLayer.forward, VPPPolicy.use_sdpa_perceiver
+    monkeypatch.setattr(PerceiverAttentionLayer, "forward",
+                        lambda self, *a, **k: kernels.append(self.use_sdpa) or forward(self, *a, **k))
+    monkeypatch.setattr(VPPPolicy, "use_sdpa_perceiver",
+                        lambda self, enabled=True: switches.append(enabled) or switch(self, enabled))
+    out = run_harness(policy_step, ["--tiny", "--device", "cpu", "--mode", "inference", "--warmup", "0", "--iters", "1",
+                                    "--sdpa-perceiver"], monkeypatch, capsys)
+    assert out["settings"]["sdpa_perceiver"] is True
+    # timed with the switch on, then compared with the original's explicit softmax, and switched back on
+    assert kernels[0] is True and False in kernels
+    assert switches[0] is True and False in switches and switches[-1] is True
+    assert 0 < out["exactness"]["max_abs_diff_vs_uncompiled_eager_same_generator"] < 1e-4
+
+
 def test_device_timeline_separates_busy_time_from_idle_gaps():
     from benchmarks.common import device_timeline
 

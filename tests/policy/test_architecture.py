@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from policy_models.diffusion.dit import Attention, ConditionedBlock, DiffusionTransformer, SinusoidalPosEmb, modulate
 from policy_models.policy import VPPPolicy
-from policy_models.video_former import Video_Former_3D
+from policy_models.video_former import PerceiverAttentionLayer, Video_Former_3D, use_sdpa_perceiver
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 CALVIN_CFG = {"model": {"feature": {"feature_dim": 2560}}}
@@ -138,6 +138,36 @@ def test_video_former_shapes_and_attention_layout():
     assert out.shape == (2, 224, 384)
     with pytest.raises(ValueError, match="16 frames"):
         vf(torch.randn(2, 8, 20, 64))
+
+
+def test_sdpa_perceiver_is_the_explicit_softmax_forward_and_backward():
+    """use_sdpa_perceiver: F.scaled_dot_product_attention in place of the original's stabilised explicit softmax. In
+    float64 both agree to rounding, outputs and every parameter's gradient; the switch changes no parameter or key."""
+    torch.manual_seed(0)
+    vf = Video_Former_3D(dim=24, depth=2, condition_dim=12, dim_head=8, heads=3, num_latents=12, num_frame=4,
+                         num_time_embeds=4).double()
+    keys = list(vf.state_dict())
+    x = torch.randn(2, 4, 7, 12, dtype=torch.float64) * 3  # large enough that the row maxima matter
+
+    def forward_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        vf.zero_grad()
+        out = vf(x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in vf.named_parameters()}
+
+    explicit, explicit_grads = forward_and_grads()
+    use_sdpa_perceiver(vf)
+    assert all(m.use_sdpa for m in vf.modules() if isinstance(m, PerceiverAttentionLayer))
+    sdpa, sdpa_grads = forward_and_grads()
+    torch.testing.assert_close(sdpa, explicit, rtol=1e-12, atol=1e-12)
+    for name, grad in explicit_grads.items():
+        torch.testing.assert_close(sdpa_grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert list(vf.state_dict()) == keys
+    use_sdpa_perceiver(vf, False)
+    assert not any(m.use_sdpa for m in vf.modules() if isinstance(m, PerceiverAttentionLayer))
+    torch.testing.assert_close(vf(x), explicit, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no Perceiver attention"):
+        use_sdpa_perceiver(torch.nn.Linear(2, 2))
 
 
 def test_video_former_token_order_is_frame_major():

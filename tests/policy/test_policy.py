@@ -55,6 +55,20 @@ def test_step_replans_every_multistep_calls(tiny_policy, monkeypatch):
     assert len(calls) == 4
 
 
+def test_sdpa_perceiver_switch_keeps_the_chunk(tiny_policy):
+    obs = {"rgb_obs": _uint8_obs(["rgb_static", "rgb_gripper"], [(64, 64), (64, 64)])}
+    assert not tiny_policy.sdpa_perceiver  # off by default until timed on the GPU
+    explicit = tiny_policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(0))
+    tiny_policy.use_sdpa_perceiver()
+    try:
+        assert tiny_policy.sdpa_perceiver
+        sdpa = tiny_policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(0))
+    finally:
+        tiny_policy.use_sdpa_perceiver(False)
+    assert not tiny_policy.sdpa_perceiver
+    torch.testing.assert_close(sdpa, explicit, rtol=1e-5, atol=1e-5)
+
+
 def test_encoder_reuse_equals_recomputing_the_encoder_each_step(tiny_policy):
     g = torch.Generator().manual_seed(0)
     m = tiny_policy.config.model
