@@ -685,7 +685,8 @@ class VPPPolicy(nn.Module):
     @property
     def sdpa_perceiver(self) -> bool:
         """Whether the Video Former's Perceiver attention runs as `F.scaled_dot_product_attention`."""
-        return all(m.use_sdpa for m in self.Video_Former.modules() if isinstance(m, PerceiverAttentionLayer))
+        layers = [m for m in self.Video_Former.modules() if isinstance(m, PerceiverAttentionLayer)]
+        return bool(layers) and all(layer.use_sdpa for layer in layers)
 
     def compile_for_inference(self, mode: str | None = "default") -> None:
         """Opt-in: `compile_video_model` and `compile_action_head` with one mode (`None`: all eager again). With the
