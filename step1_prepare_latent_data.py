@@ -35,12 +35,14 @@ log = logging.getLogger("step1_prepare_latent_data")
 def load_vae(path: str, device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKLTemporalDecoder
 
+    from video_models.builders import load_pretrained
+
     if not (Path(path) / "vae").is_dir():
         raise SystemExit(
             f"error: no vae/ subfolder in {path}; --pretrained_model_path must be an SVD folder "
             "(e.g. stable-video-diffusion-img2vid, or a stage-1 checkpoint)"
         )
-    return AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", torch_dtype=dtype).to(device).eval()
+    return load_pretrained(AutoencoderKLTemporalDecoder, path, "vae", torch_dtype=dtype).to(device).eval()
 
 
 def _device(name: str) -> str:
@@ -106,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from video_dataset.annotations import DatasetError
+
+    try:
+        return _prepare(args)
+    except (DatasetError, FileNotFoundError) as exc:  # a missing folder or file, bad annotations: named in the message
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _prepare(args: argparse.Namespace) -> int:
     device = _device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     need_vae = not (args.source == "hdf5" and args.no_latents)

@@ -72,6 +72,14 @@ class XbotAgent:
                                            fused_decoder=fused_decoder, dtype=dtype)
         self.policy = policy
         self.device = device
+        emb = policy.embodiment
+        self.cameras = list(embodiment_value(emb, "cameras", []))
+        self.action_dim = int(embodiment_value(emb, "action_dim"))
+        self.chunk_length = int(embodiment_value(emb, "chunk_length"))
+        self.state_dim = int(embodiment_value(emb, "state_dim", 0) or 0)
+        if len(self.cameras) != 3:  # checked before the stats: a CALVIN checkpoint has none, and that is not the cause
+            raise ValueError(f"run_3image needs a 3-camera policy; this one is for embodiment "
+                             f"{embodiment_value(emb, 'name', '?')!r} with cameras {self.cameras}")
         if stats is None:
             stats = stats_of(policy)  # load_policy attaches the checkpoint's stats.json
         if stats is None:
@@ -88,13 +96,6 @@ class XbotAgent:
             stats = Stats.from_dict(stats)
         self.stats: Stats = stats
 
-        emb = policy.embodiment
-        self.cameras = list(embodiment_value(emb, "cameras", []))
-        self.action_dim = int(embodiment_value(emb, "action_dim"))
-        self.chunk_length = int(embodiment_value(emb, "chunk_length"))
-        self.state_dim = int(embodiment_value(emb, "state_dim", 0) or 0)
-        if len(self.cameras) != 3:
-            raise ValueError(f"run_3image needs a 3-camera policy, this one has cameras {self.cameras}")
         if self.stats.action_dim != self.action_dim or (self.state_dim and self.stats.state_dim != self.state_dim):
             raise ValueError(f"stats dims (state {self.stats.state_dim}, action {self.stats.action_dim}) do not match "
                              f"the policy (state {self.state_dim}, action {self.action_dim})")

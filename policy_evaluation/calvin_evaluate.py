@@ -172,7 +172,12 @@ def main_evaluate(argv: list[str]) -> int:
     from policy_evaluation.baselines import BaselinePolicyFactory
     from policy_evaluation.calvin_env_adapter import CalvinSetupError
     from policy_evaluation.metrics import print_metrics
-    from policy_evaluation.policy_factory import CheckpointNotFoundError, CheckpointPolicyFactory, resolve_checkpoint
+    from policy_evaluation.policy_factory import (
+        CheckpointNotFoundError,
+        CheckpointPolicyFactory,
+        check_calvin_embodiment,
+        resolve_checkpoint,
+    )
     from policy_evaluation.runner import EvalSettings, EvaluationError, parse_shard, run_evaluation, write_results_json
     from policy_evaluation.single_task import (
         format_single_task_table,
@@ -180,6 +185,8 @@ def main_evaluate(argv: list[str]) -> int:
         single_task_suite,
     )
     from policy_evaluation.suites import SuiteError, calvin_suite, parse_sim_tasks, sim_suite
+    from policy_models.checkpoints import CheckpointError
+    from policy_models.config import PolicyConfigError
     from vpp_core.config import AUTO, ConfigError, compile_setting, flag_setting, matmul_precision_setting
 
     args = build_parser().parse_args(argv)
@@ -205,6 +212,8 @@ def main_evaluate(argv: list[str]) -> int:
             raise EvaluationError("--baseline expert reads the built-in simulator's state: use --env sim")
         trials = _single_task_trials(pick("single_task_trials"), args, env, shard)
         checkpoint = resolve_checkpoint(args.action_model_folder) if args.baseline is None else None
+        if checkpoint is not None:
+            check_calvin_embodiment(checkpoint)
         num_videos = int(pick("num_videos", 0))
         annotations = _repo_path(cfg.get("annotations", "policy_conf/annotations/new_playtable_validation.yaml"))
         if env == "calvin":
@@ -286,8 +295,8 @@ def main_evaluate(argv: list[str]) -> int:
         finally:
             if wandb_run is not None:
                 wandb_run.finish()
-    except (CalvinSetupError, CheckpointNotFoundError, ConfigError, EvaluationError, FileNotFoundError,
-            SuiteError) as exc:
+    except (CalvinSetupError, CheckpointError, CheckpointNotFoundError, ConfigError, EvaluationError,
+            FileNotFoundError, PolicyConfigError, SuiteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     title = f"Results for {factory.name}"

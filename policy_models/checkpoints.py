@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from policy_models.config import policy_config_from, to_container
+from policy_models.config import EmbodimentConfig, policy_config_from, to_container
 from policy_models.policy import VPPPolicy, build_frozen_encoders
 
 CONFIG_FILE = "config.yaml"
@@ -132,12 +132,34 @@ def load_policy_config(checkpoint_dir: str | Path, overrides: Mapping[str, Any] 
 
 
 def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:  # a copy cut short, or another format under this name
+        raise CheckpointError(f"cannot read weights file {path} (truncated or not safetensors): {exc}") from exc
+
+
+def check_embodiment(checkpoint_dir: str | Path, embodiment: EmbodimentConfig, purpose: str) -> None:
+    """Before loading a checkpoint's weights into a policy built from another config: a checkpoint of another robot
+    (cameras, action or state width, chunk length) is named as such, rather than as a list of mis-shaped tensors."""
+    block = load_policy_config(checkpoint_dir).get("embodiment") or {}
+    try:
+        theirs: EmbodimentConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EmbodimentConfig), block))
+    except Exception as exc:  # omegaconf's errors name the offending key
+        raise CheckpointError(f"{checkpoint_dir}: invalid embodiment block in its config: {exc}") from exc
+    fields = ("cameras", "action_dim", "state_dim", "chunk_length")
+    differences = [f"{name} {getattr(theirs, name)} vs {getattr(embodiment, name)}" for name in fields
+                   if getattr(theirs, name) != getattr(embodiment, name)]
+    if differences:
+        raise CheckpointError(
+            f"{purpose} {checkpoint_dir} holds a policy for embodiment {theirs.name!r}, and this run is configured "
+            f"for {embodiment.name!r}: {'; '.join(differences)} (checkpoint vs this run)"
+        )
 
 
 def load_policy_weights(policy: VPPPolicy, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
@@ -152,7 +174,7 @@ def load_policy_weights(policy: VPPPolicy, state: Mapping[str, torch.Tensor], so
     ]
     if missing or unexpected or mismatched:
         raise CheckpointError(
-            f"{source} does not match the policy built from its config:\n"
+            f"{source} does not match the layout of the policy it is loaded into:\n"
             f"  missing keys ({len(missing)}): {missing[:20]}\n"
             f"  unexpected keys ({len(unexpected)}): {unexpected[:20]}\n"
             f"  shape mismatches ({len(mismatched)}): {mismatched[:20]}"

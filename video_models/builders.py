@@ -226,16 +226,28 @@ def check_video_model_folder(path: str | Path) -> Path:
     return path
 
 
+def load_pretrained(cls: Any, folder: str | Path, subfolder: str | None = None, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(folder, subfolder=...)`, with an unreadable or inconsistent folder (a weights file cut short
+    by a copy, a config of another model) reported as a ModelFolderError naming the folder, not as the library's
+    traceback."""
+    where = Path(folder) / subfolder if subfolder else Path(folder)
+    extra = {"subfolder": subfolder} if subfolder else {}
+    try:
+        return cls.from_pretrained(folder, **extra, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"cannot load {cls.__name__} from {where}: {exc}") from exc
+
+
 def load_video_model(
     path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[UNetSpatioTemporalConditionModel, AutoencoderKLTemporalDecoder, EulerDiscreteScheduler]:
     """Load unet/, vae/ and scheduler/ of a released or trained SVD folder (the image encoder is never needed). The
     U-Net's temporal cross-attention projects the text once per clip (video_models.temporal_context)."""
     path = check_video_model_folder(path)
-    unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+    unet = load_pretrained(UNetSpatioTemporalConditionModel, path, "unet", torch_dtype=dtype)
     share_temporal_context(unet)
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
-    scheduler = EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
+    vae = load_pretrained(AutoencoderKLTemporalDecoder, path, "vae", torch_dtype=dtype)
+    scheduler = load_pretrained(EulerDiscreteScheduler, path, "scheduler")
     return unet.to(device), vae.to(device), scheduler
 
 
@@ -257,8 +269,9 @@ def load_text_encoder(
         raise ModelFolderError(
             f"CLIP folder not found: {path} (expected e.g. a local copy of openai/clip-vit-base-patch32)"
         )
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    text_encoder, info = CLIPTextModelWithProjection.from_pretrained(path, torch_dtype=dtype, output_loading_info=True)
+    tokenizer = load_pretrained(AutoTokenizer, path)
+    text_encoder, info = load_pretrained(CLIPTextModelWithProjection, path, torch_dtype=dtype,
+                                         output_loading_info=True)
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         # A randomly initialised text tower would silently ruin every feature; refuse instead.

@@ -161,11 +161,13 @@ def fit_and_calibrate(model_dir: str | Path, dataset_dir: str | Path, resolution
     """The command's work: read clips, fit (when `steps` > 0), calibrate, save; returns what it measured."""
     from diffusers import AutoencoderKLTemporalDecoder
 
+    from video_models.builders import load_pretrained
+
     model_dir = Path(model_dir)
     if not (model_dir / "vae").is_dir():
         raise FileNotFoundError(f"no vae/ subfolder in {model_dir}; --pretrained_model_path must be an SVD folder")
     torch.manual_seed(seed)
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32)
+    vae = load_pretrained(AutoencoderKLTemporalDecoder, model_dir, "vae", torch_dtype=torch.float32)
     vae = vae.to(device)
     start = time.perf_counter()
     clips = load_clips(list_train_videos(dataset_dir), resolution, clip_length, clips_per_video, seed, progress)

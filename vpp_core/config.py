@@ -8,6 +8,7 @@ either the original README or ours work.
 from __future__ import annotations
 
 import argparse
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -124,15 +125,68 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> DictC
     return apply_overrides(cfg, overrides)
 
 
-def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Merge command-line overrides (either spelling) into a loaded config."""
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str], strict: bool = False) -> DictConfig:
+    """Merge command-line overrides (either spelling) into a loaded config.
+
+    `strict`: every override must name a key the config already has, with a value of the same kind (a number where
+    the config holds a number), so that a typo fails before a run starts instead of training on the default. A key
+    spelled `+a.b=value` is added even where the config lacks it."""
     dotlist = normalize_overrides(list(overrides))
     if not dotlist:
         return cfg
+    added = [entry[1:] for entry in dotlist if entry.startswith("+")]
+    replaced = [entry for entry in dotlist if not entry.startswith("+")]
     try:
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))  # type: ignore[return-value]
+        parsed = OmegaConf.from_dotlist(replaced + added)
     except Exception as exc:
         raise ConfigError(f"invalid override in {dotlist}: {exc}") from exc
+    if strict:
+        _check_overrides(cfg, replaced, parsed)
+    try:
+        return OmegaConf.merge(cfg, parsed)  # type: ignore[return-value]
+    except Exception as exc:
+        raise ConfigError(f"invalid override in {dotlist}: {exc}") from exc
+
+
+_ABSENT = object()
+
+
+def _leaf_keys(node: object, prefix: str = "") -> list[str]:
+    if not isinstance(node, DictConfig):
+        return [prefix]
+    keys = [prefix] if prefix else []
+    for key in node.keys():
+        keys += _leaf_keys(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
+    return keys
+
+
+def _same_kind(old: object, new: object) -> bool:
+    """Whether `new` may replace `old`: a number by a number, a boolean by a boolean or "auto" (the switches that
+    take it), a mapping by a mapping; strings, lists and nulls by anything."""
+    if isinstance(old, bool):
+        return isinstance(new, bool) or new == AUTO
+    if isinstance(old, (int, float)):
+        return isinstance(new, (int, float)) and not isinstance(new, bool)
+    if isinstance(old, DictConfig):
+        return isinstance(new, DictConfig)
+    return True
+
+
+def _check_overrides(cfg: DictConfig, dotlist: Sequence[str], parsed: DictConfig) -> None:
+    """The checks of `apply_overrides(strict=True)`: each key exists, and its new value is of its kind (`_same_kind`)
+    or null; a null in the config takes anything."""
+    for entry in dotlist:
+        key = entry.split("=", 1)[0]
+        old = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False)
+        if old is _ABSENT:
+            close = difflib.get_close_matches(key, _leaf_keys(cfg), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"override {entry!r}: the config has no key {key!r}{hint} (spell it +{key}=... to add "
+                              "a new key)")
+        new = OmegaConf.select(parsed, key)
+        if old is not None and new is not None and not _same_kind(old, new):
+            raise ConfigError(f"override {entry!r}: {key} holds {type(old).__name__} {old!r} in the config, got "
+                              f"{type(new).__name__} {new!r}")
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:

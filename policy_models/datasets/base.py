@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,30 @@ def _resolve_int(value: Any, fallback: int | None, name: str) -> int:
     return int(value)
 
 
+def check_dataset_folders(cfg: Mapping[str, Any], splits: Sequence[str]) -> None:
+    """Check that the folders a ``dataset:`` block names exist, for each split in `splits` ("train", "val"); raises
+    DatasetError naming the missing one. The trainer calls it before loading the frozen video model, which takes
+    minutes at full size, so that a misspelt data path fails at once."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    kind = cfg.get("type", "calvin")
+    if kind in ("calvin", "sim"):
+        root = cfg.get("root_data_dir")
+        if not root:
+            raise DatasetError("dataset.root_data_dir is not set (pass --root_data_dir D or dataset.root_data_dir=D)")
+        keys = {"train": ("train_folder", "training"), "val": ("val_folder", "validation")}
+        folders = {f"dataset.{keys[s][0]}": Path(root) / cfg.get(*keys[s]) for s in splits}
+    elif kind == "xbot":
+        folders = {f"dataset.{key}": Path(cfg[key]) for key in ("data_json_path", "data_root_path") if cfg.get(key)}
+    else:
+        return  # build_dataset names the unknown type
+    for key, folder in folders.items():
+        if not folder.is_dir():
+            raise DatasetError(f"data folder not found: {folder} (from {key} of the dataset block)")
+
+
 def build_dataset(
     cfg: Mapping[str, Any],
     split: str,
@@ -168,8 +193,6 @@ def build_dataset(
         if not root:
             raise DatasetError("dataset.root_data_dir is not set (pass --root_data_dir D or dataset.root_data_dir=D)")
         folder = cfg.get("train_folder", "training") if split == "train" else cfg.get("val_folder", "validation")
-        from pathlib import Path
-
         return CalvinDataset(
             Path(root) / folder,
             cameras=tuple(cams),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,9 +31,19 @@ def run_training(argv: Sequence[str], default_config: Path, description: str | N
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
+    from policy_models.checkpoints import CheckpointError
+    from policy_models.config import PolicyConfigError
+    from policy_models.datasets.base import DatasetError
+    from policy_models.datasets.xbot_index import AnnotationError
     from policy_models.training.trainer import train
+    from video_models.builders import ModelFolderError
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except (AnnotationError, CheckpointError, ConfigError, DatasetError, ModelFolderError, PolicyConfigError) as exc:
+        # mistakes in the data, folders or config: the message names the file or key; a traceback would bury it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.getLogger("vpp.train").info("done: step %d, epoch %d, last checkpoint %s, best %s", result.step,
                                         result.epoch, result.last_checkpoint, result.best_checkpoint)
     return 0

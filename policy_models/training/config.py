@@ -63,8 +63,10 @@ def _compose_file(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
 
 
 def compose_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """Load ``path`` with its defaults list, then apply overrides (``key=value`` / ``--key value``)."""
+    """Load ``path`` with its defaults list, then apply overrides (``key=value`` / ``--key value``). Overrides must
+    name keys the composed config has, with values of their kind (``apply_overrides(strict=True)``): a misspelt key
+    would otherwise train silently on the default."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    return apply_overrides(_compose_file(path), overrides)
+    return apply_overrides(_compose_file(path), overrides, strict=True)

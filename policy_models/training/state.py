@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policy_models.checkpoints import CheckpointError
 from vpp_core.io import atomic_json_dump, atomic_torch_save, atomic_write
 
 TRAINING_STATE = "training_state"
@@ -118,7 +120,10 @@ def load_trainer_state(folder: Path) -> TrainerState:
 def load_torch(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"resume: {path} not found")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError) as exc:  # cut short, or not a torch file
+        raise CheckpointError(f"resume: cannot read {path} (truncated or not a torch file): {exc}") from exc
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from policy_models.datasets.base import RobotDataset, build_dataset, collate_samples
+from policy_models.datasets.base import RobotDataset, build_dataset, check_dataset_folders, collate_samples
 from policy_models.datasets.vae_latents import vae_identity
 from policy_models.training.ema import EMA
 from policy_models.training.optim import build_optimizer, build_scheduler, trainable_named_parameters
@@ -302,8 +302,15 @@ class Trainer:
         return final
 
     def _load_resume(self, ckpt: Path) -> None:
-        from policy_models.checkpoints import EMA_FILE, MODEL_FILE, load_policy_weights, read_state_file
+        from policy_models.checkpoints import (
+            EMA_FILE,
+            MODEL_FILE,
+            check_embodiment,
+            load_policy_weights,
+            read_state_file,
+        )
 
+        check_embodiment(ckpt, self.policy.embodiment, "run.resume:")
         load_policy_weights(self.policy, read_state_file(ckpt / MODEL_FILE), source=str(ckpt / MODEL_FILE))
         if self.ema is not None:
             ema_path = ckpt / EMA_FILE
@@ -402,6 +409,8 @@ class Trainer:
         head_mode = resolve_compile_setting(head_setting, self.device.type)
         self.run_dir, resume_ckpt = self._resolve_run_dir()
         self._setup_logging()
+        if self.dataset_factory is default_dataset_factory:  # a wrong data path fails before the models load
+            check_dataset_folders(cfg.dataset, ["train", "val"] if _sel(cfg, "training.validate", True) else ["train"])
         seed = int(_sel(cfg, "seed", 0))
         seed_everything(seed)  # identical initialisation on every process
         self.policy = self.policy_factory(cfg, self.device)
@@ -436,6 +445,7 @@ class Trainer:
         elif init_from:
             from policy_models.checkpoints import (
                 MODEL_FILE,
+                check_embodiment,
                 load_policy_weights,
                 read_state_file,
                 resolve_checkpoint_dir,
@@ -446,6 +456,7 @@ class Trainer:
                                   "python tools/convert_vpp_checkpoint.py --input FILE.pt --output DIR "
                                   "--trust-pickled-config, then init_from=DIR")
             src = resolve_checkpoint_dir(init_from)
+            check_embodiment(src, self.policy.embodiment, "init_from:")
             load_policy_weights(self.policy, read_state_file(src / MODEL_FILE), source=str(src / MODEL_FILE))
             if self.ema is not None:
                 self.ema.restart(trainable_named_parameters(self.policy))

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from vpp_core.config import ConfigError, load_config, normalize_overrides, save_config
+from vpp_core.config import ConfigError, apply_overrides, load_config, normalize_overrides, save_config
 from vpp_core.io import append_jsonl, atomic_json_dump, atomic_write
 from vpp_core.precision import resolve_dtype
 from vpp_core.video_io import VideoReadError, read_video, video_info, write_mp4
@@ -27,6 +27,31 @@ def test_config_errors_name_the_problem(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="cannot parse override"):
         normalize_overrides(["positional"])
+
+
+def test_strict_overrides_refuse_unknown_keys_and_other_kinds():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"optimizer": {"lr": 1e-4, "betas": [0.9, 0.9]}, "dataloader": {"batch_size": 28},
+                            "ema": {"enabled": True}, "training": {"max_steps": None, "compile": "auto",
+                                                                     "validate": False}})
+    with pytest.raises(ConfigError, match=r"no key 'dataloader.batchsize'; did you mean dataloader.batch_size"):
+        apply_overrides(cfg, ["dataloader.batchsize=64"], strict=True)
+    with pytest.raises(ConfigError, match=r"no key 'optimizer.learning_rate'.*optimizer.lr"):
+        apply_overrides(cfg, ["--optimizer.learning_rate", "1"], strict=True)
+    with pytest.raises(ConfigError, match="dataloader.batch_size holds int 28 in the config, got str 'two'"):
+        apply_overrides(cfg, ["dataloader.batch_size=two"], strict=True)
+    with pytest.raises(ConfigError, match="ema.enabled holds bool"):
+        apply_overrides(cfg, ["ema.enabled=maybe"], strict=True)
+    with pytest.raises(ConfigError, match="optimizer holds DictConfig"):
+        apply_overrides(cfg, ["optimizer=3"], strict=True)
+    out = apply_overrides(cfg, ["optimizer.lr=1", "dataloader.batch_size=3", "training.max_steps=5",
+                                "training.validate=auto", "training.compile=default", "optimizer.betas=[0.9,0.95]",
+                                "+extra.key=2"], strict=True)
+    assert out.optimizer.lr == 1 and out.dataloader.batch_size == 3 and out.training.max_steps == 5
+    assert out.training.validate == "auto" and list(out.optimizer.betas) == [0.9, 0.95] and out.extra.key == 2
+    # not strict (stage 1 and the prediction script check their keys themselves): anything merges
+    assert apply_overrides(cfg, ["dataloader.batchsize=64"]).dataloader.batchsize == 64
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

@@ -116,6 +116,10 @@ def test_agent_requires_stats_and_three_cameras(tmp_path):
     with pytest.raises(ValueError, match="3-camera"):
         step3_deploy_real_xbot.XbotAgent(policy=FakePolicy(action_dim=38, chunk_length=8, state_dim=38),
                                          stats=make_stats(), device="cpu")
+    # a two-camera (CALVIN-style) checkpoint has no stats.json either; the camera count is what to report
+    (tmp_path / "calvin").mkdir()
+    with pytest.raises(ValueError, match=r"3-camera policy; this one is for embodiment .* with cameras"):
+        step3_deploy_real_xbot.XbotAgent(tmp_path / "calvin", policy=FakePolicy(), device="cpu")
 
 
 def test_frames_are_converted_and_resized_on_the_policys_device(monkeypatch):

@@ -9,6 +9,7 @@ import torch
 from policy_evaluation import calvin_env_adapter as cea
 from policy_evaluation import calvin_evaluate
 from policy_evaluation.policy_factory import CheckpointNotFoundError, CheckpointPolicyFactory, resolve_checkpoint
+from policy_models.checkpoints import CheckpointError, read_state_file
 
 
 def test_missing_merged_config_names_the_path(tmp_path):
@@ -182,6 +183,20 @@ def test_cli_errors(tmp_path, capsys):
     assert rc == 2 and "--calvin_abc_dir is required" in capsys.readouterr().err
     rc = calvin_evaluate.main(["--action_model_folder", str(ckpt), "--env", "sim", "--shard", "3/2"])
     assert rc == 2 and "--shard" in capsys.readouterr().err
+
+
+def test_checkpoints_of_other_robots_and_truncated_weights_are_named(tmp_path, capsys):
+    xbot = tmp_path / "xbot"
+    xbot.mkdir()
+    (xbot / "config.yaml").write_text("embodiment: {name: xbot, cameras: [cam_high, cam_left, cam_right], "
+                                      "action_dim: 38, chunk_length: 8, state_dim: 38}\n")
+    rc = calvin_evaluate.main(["--action_model_folder", str(xbot), "--env", "sim", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "embodiment 'xbot'" in err and "7-D actions" in err and "Traceback" not in err
+    weights = tmp_path / "model.safetensors"  # cut short by a copy
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(CheckpointError, match="model.safetensors \\(truncated or not safetensors\\)"):
+        read_state_file(weights)
 
 
 def test_eval_config_defaults():

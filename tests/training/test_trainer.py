@@ -130,6 +130,7 @@ def test_unpack_loss_variants():
 
 
 def test_init_from_warm_start(calvin_root, tmp_path):
+    from policy_models.checkpoints import CheckpointError
     from vpp_core.config import ConfigError
 
     a = train(tiny_calvin_cfg(calvin_root, tmp_path / "a", "dataloader.batch_size=16", "training.max_steps=2",
@@ -142,6 +143,15 @@ def test_init_from_warm_start(calvin_root, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     ema_b = load_file(str(b.last_checkpoint / "ema.safetensors"))  # the average restarts from the loaded weights
     assert all(torch.equal(ema_b[k], wa[k].float()) for k in ema_b)
+    xbot_run = tmp_path / "xbot"
+    (xbot_run / "checkpoints" / "step_1").mkdir(parents=True)
+    (xbot_run / "checkpoints" / "step_1" / "config.yaml").write_text(
+        "embodiment: {name: xbot, cameras: [cam_high, cam_left, cam_right], action_dim: 38, chunk_length: 8, "
+        "state_dim: 38}\n")
+    for key in ("init_from", "run.resume"):  # named as another robot's policy, before any weights are read
+        with pytest.raises(CheckpointError, match=r"embodiment 'xbot'.*calvin.*action_dim 38 vs 7"):
+            train(tiny_calvin_cfg(calvin_root, tmp_path / f"d_{key}", "training.max_steps=0",
+                                  f"{key}={xbot_run / 'checkpoints' / 'step_1'}"), fake_policy_factory())
     (tmp_path / "released.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="convert_vpp_checkpoint"):
         train(tiny_calvin_cfg(calvin_root, tmp_path / "c", "training.max_steps=0",
