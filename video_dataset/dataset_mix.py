@@ -268,10 +268,17 @@ class DatasetMix(torch.utils.data.Dataset):
         if debug:
             files = files[:DEBUG_MAX_ANNOTATIONS]
         episode_latents = self.rules.episode_latents(name)
+        sampled = np.nonzero(self.rules.cameras(name))[0]
 
         def parse(path: Path) -> Annotation | DatasetError:
+            """The annotation, with the latent files of its sampled cameras checked to exist: a missing file fails
+            here, with the other bad annotations, instead of at whichever training step first draws it."""
             try:
-                return load_annotation(path, root=root, require_latents=not episode_latents)
+                ann = load_annotation(path, root=root, require_latents=not episode_latents)
+                if not episode_latents:
+                    for camera in sampled[sampled < len(ann.latent_paths)]:
+                        resolve_latent_path(root, ann.latent_paths[camera], self.rules.latent_fallback)
+                return ann
             except DatasetError as exc:
                 return exc
 

@@ -452,8 +452,10 @@ class Stage1Trainer:
             self.resume_from = find_resume_checkpoint(
                 str(cfg.resume), output_dir, Path(cfg.run_dir) if cfg.run_dir else None
             )
-            if self.resume_from is None:
-                log.info("resume=latest: no resumable checkpoint under %s, starting a new run", output_dir)
+            if self.resume_from is None:  # the first call of a resumable script; a misspelt folder looks the same
+                where = cfg.run_dir or output_dir
+                log.warning("resume=latest: no resumable checkpoint under %s%s; starting a new run", where,
+                            "" if Path(where).is_dir() else " (the folder does not exist)")
         if self.resume_from is not None:
             self.run_dir = self.resume_from.parent
         else:
