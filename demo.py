@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from vpp_core.config import load_config
+from vpp_core.config import ConfigError, apply_overrides, load_config
 
 REPO = Path(__file__).resolve().parent
 DATASET_NAME = "tabletop"
@@ -152,7 +152,14 @@ def run_demo(cfg: DictConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    cfg = load_config(REPO / "demo.yaml", argv)
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return 0
+    try:  # the keys of demo.yaml only: a misspelt one would otherwise run the whole demo on the default
+        cfg = apply_overrides(load_config(REPO / "demo.yaml"), argv, strict=True)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     total = time.perf_counter()
     summary = run_demo(cfg)
     (metrics,) = summary["results"].values()

@@ -15,6 +15,18 @@ import sys
 from pathlib import Path
 
 
+def pose_slices_argument(text: str) -> tuple[tuple[int, int], ...]:
+    """argparse type of --pose_slices: "0:7,19:26" -> ((0, 7), (19, 26)); each slice must span 7 numbers."""
+    try:
+        slices = tuple((int(a), int(b)) for a, b in (part.split(":") for part in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected start:stop pairs joined by commas, e.g. 0:7,19:26") \
+            from None
+    if any(b - a != 7 for a, b in slices):
+        raise argparse.ArgumentTypeError(f"{text!r}: an arm pose is 7 numbers (xyz + quaternion): stop = start + 7")
+    return slices
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="folder holding one sub-folder per data set")
@@ -32,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="how relative arm rotations are formed (componentwise = the original's plain subtraction)")
     p.add_argument("--quat_order", choices=["xyzw", "wxyz"], default="xyzw",
                    help="quaternion layout inside each 7-D arm pose (only used by --quaternion_mode compose)")
+    p.add_argument("--pose_slices", type=pose_slices_argument, default=None, metavar="A:B[,C:D...]",
+                   help="the 7-D xyz + quaternion arm poses inside the state/action vector, for --quaternion_mode "
+                        "compose (default: the xbot layout 0:7,19:26)")
     p.add_argument("--no_check_latents", action="store_true", help="do not check that the latent files exist")
     p.add_argument("--overwrite", action="store_true", help="replace existing index/stats files in --output")
     return p.parse_args(argv)
@@ -48,7 +63,8 @@ def main(argv=None) -> int:
         cfg = IndexConfig(root=args.root, dataset_names=names, splits=[s for s in args.splits.split("+") if s],
                           sequence_length=args.sequence_length, stride=args.stride,
                           start_interval=args.start_interval, seed=args.seed, relative_mode=args.quaternion_mode,
-                          quat_order=args.quat_order, check_latents=not args.no_check_latents)
+                          quat_order=args.quat_order, check_latents=not args.no_check_latents,
+                          **({} if args.pose_slices is None else {"pose_slices": args.pose_slices}))
         summary = prepare_index(cfg, output, overwrite=args.overwrite)
     except (AnnotationError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -47,3 +47,11 @@ def test_demo_runs_every_stage(tmp_path):
     assert again["seconds_per_stage"]["4. train the video model"] == 0.0
     assert again["seconds_per_stage"]["2b. fit the tiny autoencoder to the recorded frames and calibrate its latent "
                                       "scale"] == 0.0
+
+
+def test_demo_help_and_misspelt_settings_stop_before_any_stage(capsys, monkeypatch):
+    monkeypatch.setattr(demo, "run_demo", lambda cfg: (_ for _ in ()).throw(AssertionError("the demo started")))
+    assert demo.main(["--help"]) == 0
+    assert "python demo.py" in capsys.readouterr().out
+    assert demo.main(["action_model.max_step=3"]) == 2
+    assert "did you mean action_model.max_steps" in capsys.readouterr().err

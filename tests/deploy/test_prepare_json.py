@@ -119,6 +119,24 @@ def test_prepare_json_refuses_overwrite(mini, tmp_path, capsys):
     assert step2_prepare_json.main([*args, "--overwrite"]) == 0
 
 
+def test_pose_slices_of_another_robot_reach_the_stats(mini, tmp_path, capsys):
+    root, _ = mini
+    args = ["--root", str(root), "--dataset_names", "xbot_a", "--quaternion_mode", "compose", "--quat_order", "wxyz"]
+    assert step2_prepare_json.main([*args, "--output", str(tmp_path / "one"), "--pose_slices", "19:26"]) == 0
+    one = Stats.load(tmp_path / "one" / "train_stats.json")
+    assert one.pose_slices == ((19, 26),) and one.relative_mode == "compose"
+    assert step2_prepare_json.main([*args, "--output", str(tmp_path / "xbot")]) == 0
+    xbot = Stats.load(tmp_path / "xbot" / "train_stats.json")
+    assert xbot.pose_slices == ((0, 7), (19, 26))
+    # [0:7] is composed only with the xbot layout; with 19:26 alone it stays a plain difference
+    assert not np.allclose(one.action_01[:7], xbot.action_01[:7])
+    np.testing.assert_allclose(one.action_01[19:26], xbot.action_01[19:26])
+    for bad in ("0:6", "0-7", "a:b"):
+        with pytest.raises(SystemExit):
+            step2_prepare_json.main([*args, "--output", str(tmp_path / "bad"), "--pose_slices", bad])
+    assert "stop = start + 7" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("field", ["states", "latent_videos", "texts"])
 def test_bad_json_names_file_and_field(mini, tmp_path, capsys, field):
     root, _ = mini
