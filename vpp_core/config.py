@@ -155,8 +155,8 @@ def _leaf_keys(node: object, prefix: str = "") -> list[str]:
     if not isinstance(node, DictConfig):
         return [prefix]
     keys = [prefix] if prefix else []
-    for key in node.keys():
-        keys += _leaf_keys(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
+    for key, value in node.items_ex(resolve=False):
+        keys += _leaf_keys(value, f"{prefix}.{key}" if prefix else str(key))
     return keys
 
 
