@@ -125,14 +125,30 @@ def read_state(f, options: Hdf5ImportOptions) -> np.ndarray:
     for name, dim in options.check_dims.items():
         if name in obs and obs[name].shape[-1] != dim:
             raise ValueError(f"/{options.observation_group}/{name} is {obs[name].shape[-1]}-D, expected {dim}")
-    parts = []
+    parts, lengths = [], {}
     for name, sl in parse_state_spec(options.state_spec):
         if name not in obs:
             raise KeyError(
                 f"state source /{options.observation_group}/{name} not found (state_spec {options.state_spec!r})"
             )
         parts.append(np.asarray(obs[name][()], dtype=np.float64)[:, sl])
+        lengths[f"/{options.observation_group}/{name}"] = len(parts[-1])
+    if len(set(lengths.values())) > 1:
+        found = ", ".join(f"{k} {n}" for k, n in lengths.items())
+        raise ValueError(f"state sources have different frame counts: {found}")
     return np.concatenate(parts, axis=1)
+
+
+def check_frame_counts(
+    actions: np.ndarray, states: np.ndarray, cams: Sequence[np.ndarray], options: Hdf5ImportOptions
+) -> None:
+    """Actions, states and every camera must have one row per recorded frame (checked before subsampling, which could
+    hide a difference): otherwise the annotation would pair frames with the wrong states and actions."""
+    counts = {f"/{options.action_key}": len(actions), f"states (/{options.observation_group})": len(states)}
+    counts.update({f"/{options.observation_group}/images/{cam}": len(frames)
+                   for cam, frames in zip(options.cameras, cams)})
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"frame counts differ: {', '.join(f'{k} {n}' for k, n in counts.items())}")
 
 
 def list_hdf5_files(raw_dir: Path, subfolders: Sequence[str] | None) -> list[Path]:
@@ -188,12 +204,15 @@ def import_hdf5(
         try:
             with h5py.File(path, "r") as f:
                 text = _read_text(f, options)
-                actions = np.asarray(f[options.action_key][()], dtype=np.float64)[:: options.frame_step]
-                states = read_state(f, options)[:: options.frame_step]
-                cams = [read_camera(f, options, cam)[:: options.frame_step] for cam in options.cameras]
+                actions = np.asarray(f[options.action_key][()], dtype=np.float64)
+                states = read_state(f, options)
+                cams = [read_camera(f, options, cam) for cam in options.cameras]
+            check_frame_counts(actions, states, cams, options)
         except Exception as exc:  # h5py raises OSError/KeyError/ValueError for broken or foreign files
             report.failed.append((str(path), f"{type(exc).__name__}: {exc}"))
             continue
+        step = options.frame_step
+        actions, states, cams = actions[::step], states[::step], [frames[::step] for frames in cams]
         videos, latents = [], []
         for k, frames in enumerate(cams):
             pixels = preprocess_frames(

@@ -76,10 +76,14 @@ def to_uint8_frames(x: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.
 
 def select_frames(num_frames: int, count: int, start: int = 0, skip: int = 1, whole_clip: bool = False) -> np.ndarray:
     """Frame ids for a prediction clip (make_prediction §5.2): `count` linspace frames over the whole video when
-    `whole_clip`, else start, start+skip, ... with the last frame repeated when the video is too short."""
+    `whole_clip`, else start, start+skip, ... with the last frame repeated when the video is too short. That padding
+    (the original's, §5.2) is for clips that start inside the video and run past its end; a start outside the video
+    would give a clip of one repeated frame (or, negative, frames counted from the end), so it is an error."""
     if num_frames < 1:
         raise ValueError("video has no frames")
     if whole_clip:
         return np.floor(np.linspace(0, num_frames - 1, count)).astype(np.int64)
+    if not 0 <= start < num_frames:
+        raise ValueError(f"start index {start} is outside the video's {num_frames} frames (valid: 0..{num_frames - 1})")
     ids = start + skip * np.arange(count, dtype=np.int64)
     return np.minimum(ids, num_frames - 1)

@@ -123,7 +123,10 @@ def load_episode(dataset_dir: str | Path, episode_id: Any, s: PredictionSettings
     video = read_video(dataset_dir / videos[s.camera_idx]["video_path"])
     length = len(ann["action"]) if "action" in ann else ann.get("video_length", len(video))
     length = max(1, min(int(length), len(video)))
-    ids = select_frames(length, s.num_frames, s.start_idx, s.skip_step, whole_clip=s.only_one_clip)
+    try:
+        ids = select_frames(length, s.num_frames, s.start_idx, s.skip_step, whole_clip=s.only_one_clip)
+    except ValueError as exc:  # a start index outside the episode: name the annotation it came from
+        raise DatasetError(f"{path}: {exc} (validation_args.start_idx)") from exc
     frames = preprocess_frames(video[ids], (s.height, s.width))
     return Episode(text=text, frames=frames, path=path)
 

@@ -165,12 +165,14 @@ def build_dataset(
     state_dim: int | None = None,
     image_size: int | None = None,
     vae: Callable[[], Any] | None = None,
+    latent_size: int | None = None,
 ) -> RobotDataset:
     """Build the dataset described by a ``dataset:`` config block for ``split`` ("train" or "val").
 
     Keyword arguments are the embodiment's values (from the policy) and fill config keys left null, so one yaml
     block serves both the full and the tiny model. `vae` returns the policy's autoencoder identity
-    (``vae_latents.VaeIdentity``), which precomputed CALVIN latents must match.
+    (``vae_latents.VaeIdentity``), which precomputed CALVIN latents must match; `latent_size`, the policy's latent
+    height and width, which xbot latent files must have.
     """
     from omegaconf import DictConfig, OmegaConf
 
@@ -226,5 +228,6 @@ def build_dataset(
             obs_source=cfg.get("obs_source", "latent"),
             image_size=None if size is None else int(size),
             cache_episodes=int(cfg.get("cache_episodes", 32)),
+            latent_size=latent_size,
         )
     raise DatasetError(f"unknown dataset.type {kind!r}; expected 'calvin', 'sim' or 'xbot'")

@@ -7,6 +7,8 @@ On disk, per split folder (``training/``, ``validation/``)::
     lang_annotations/auto_lang_ann.npy   pickled dict: info.indx [(start, end)] inclusive frame ids of annotated
                                      segments, language.ann [instruction per segment] (other lang_* folders hold the
                                      same annotations with other embeddings)
+    ep_start_end_ids.npy             optional, (n, 2) inclusive [start, end] frame ids of the recorded episodes; when
+                                     present, segments that cross an episode's bounds are reported (a warning)
     packed/                          optional, written by ``python -m policy_models.datasets.pack_calvin``
     vae_latents/                     optional, written by ``python -m policy_models.datasets.encode_latents``: the
                                      camera frames' VAE latents, served instead of the images (``vae_latents``)
@@ -51,6 +53,9 @@ from policy_models.datasets.vae_latents import (
 log = logging.getLogger(__name__)
 
 LANG_FILE = "auto_lang_ann.npy"
+DEFAULT_LANG_FOLDER = "lang_annotations"
+ORIGINAL_LANG_FOLDER = "lang_clip_resnet50"  # policy_conf/VPP_Calvinabc_train.yaml, as in the original
+EPISODES_FILE = "ep_start_end_ids.npy"
 PACKED_DIR = "packed"
 PACKED_INDEX = FRAME_ARRAYS_INDEX
 PACKED_VERSION = 1
@@ -92,19 +97,29 @@ def discover_naming(folder: str | Path, suffix: str = ".npz") -> EpisodeNaming:
 
 
 def find_lang_file(folder: Path, lang_folder: str | None) -> Path:
-    """``{folder}/{lang_folder}/auto_lang_ann.npy``; falls back to ``lang_annotations/`` and the folder itself (the
-    annotations are identical across CALVIN's ``lang_*`` folders; only their embeddings differ)."""
-    candidates = []
-    for sub in (lang_folder, "lang_annotations", None):
-        p = folder / sub / LANG_FILE if sub else folder / LANG_FILE
-        if p not in candidates:
-            candidates.append(p)
-    for p in candidates:
-        if p.is_file():
-            if p != candidates[0]:
-                log.info("language annotations: %s not found, using %s", candidates[0], p)
-            return p
-    raise DatasetError(f"language annotations not found: tried {[str(c) for c in candidates]}")
+    """``{folder}/{lang_folder}/auto_lang_ann.npy``.
+
+    A folder named explicitly must hold the file: a typo is an error naming the path, never other annotations read
+    silently. Fallbacks are kept only for the defaults: ``lang_annotations`` (or None) falls back to the split folder
+    itself, as the original does; ``lang_clip_resnet50``, the original training config's folder, also falls back to
+    ``lang_annotations/`` (the annotations are identical across CALVIN's ``lang_*`` folders, only the embeddings this
+    loader does not read differ), so that config runs on the synthetic and simulator data, which have only
+    ``lang_annotations/``."""
+    if not lang_folder or lang_folder in (DEFAULT_LANG_FOLDER, ORIGINAL_LANG_FOLDER):
+        subs = [lang_folder, DEFAULT_LANG_FOLDER, None] if lang_folder else [DEFAULT_LANG_FOLDER, None]
+        candidates = list(dict.fromkeys(folder / sub / LANG_FILE if sub else folder / LANG_FILE for sub in subs))
+        for p in candidates:
+            if p.is_file():
+                if p != candidates[0]:
+                    log.info("language annotations: %s not found, using %s", candidates[0], p)
+                return p
+        raise DatasetError(f"language annotations not found: tried {[str(c) for c in candidates]}")
+    path = folder / lang_folder / LANG_FILE
+    if not path.is_file():
+        hint = f"; {DEFAULT_LANG_FOLDER}/ has them" if (folder / DEFAULT_LANG_FOLDER / LANG_FILE).is_file() else ""
+        raise DatasetError(f"language annotations not found: {path} (dataset.lang_folder={lang_folder!r} was asked "
+                           f"for explicitly{hint})")
+    return path
 
 
 def load_lang_annotations(path: str | Path) -> tuple[np.ndarray, list[str]]:
@@ -131,7 +146,7 @@ def load_lang_annotations(path: str | Path) -> tuple[np.ndarray, list[str]]:
         raise DatasetError(f"{path}: info.indx must be a list of (start, end) pairs ({exc})") from None
     if len(segments) != len(indx):
         raise DatasetError(f"{path}: info.indx must be a list of (start, end) pairs")
-    ann = [str(a) for a in ann]
+    ann = [_instruction(a, path, i) for i, a in enumerate(ann)]
     if len(ann) != len(segments):
         raise DatasetError(f"{path}: language.ann has {len(ann)} entries but info.indx has {len(segments)}")
     if len(segments) == 0:
@@ -140,6 +155,50 @@ def load_lang_annotations(path: str | Path) -> tuple[np.ndarray, list[str]]:
     if bad.size:
         raise DatasetError(f"{path}: segment {int(bad[0])} has end < start: {segments[bad[0]].tolist()}")
     return segments, ann
+
+
+def _instruction(value: Any, path: Path, i: int) -> str:
+    """One ``language.ann`` entry as text: files written under Python 2 or by other tools hold bytes, which str()
+    would turn into the literal "b'...'"."""
+    if isinstance(value, bytes | np.bytes_):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}: language.ann[{i}] is bytes that are not UTF-8 text ({exc})") from None
+    return str(value)
+
+
+def load_episode_bounds(split_dir: Path) -> np.ndarray | None:
+    """The (n, 2) inclusive [start, end] frame ids of the recorded episodes from ``ep_start_end_ids.npy``, or None
+    where the split has no such file (CALVIN ships it; other recordings may not)."""
+    path = split_dir / EPISODES_FILE
+    if not path.is_file():
+        return None
+    try:
+        bounds = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DatasetError(f"cannot read episode bounds {path}: {type(exc).__name__}: {exc}") from exc
+    if bounds.ndim != 2 or bounds.shape[1] != 2 or not np.issubdtype(bounds.dtype, np.integer):
+        raise DatasetError(f"{path}: expected an (n, 2) integer array of inclusive [start, end] frame ids, got "
+                           f"{bounds.dtype} {bounds.shape}")
+    return bounds.astype(np.int64)
+
+
+def check_segments_in_episodes(segments: np.ndarray, bounds: np.ndarray, lang_path: Path, bounds_path: Path) -> None:
+    """Warn about annotated segments that do not lie inside one recorded episode: their windows join the end of one
+    recording to the start of another. A warning, not an error: the original trained on such windows without looking
+    at the bounds, and refusing a split of CALVIN's own release would block reproducing its numbers."""
+    ep = bounds[np.argsort(bounds[:, 0], kind="stable")]
+    k = np.searchsorted(ep[:, 0], segments[:, 0], side="right") - 1
+    inside = (k >= 0) & (segments[:, 1] <= ep[np.maximum(k, 0), 1])
+    if inside.all():
+        return
+    bad = np.nonzero(~inside)[0]
+    start, end = segments[bad[0]].tolist()
+    touched = ep[(ep[:, 0] <= end) & (ep[:, 1] >= start)].tolist()
+    log.warning("%s: segment %d [%d, %d] is not inside one episode of %s (episode bounds it touches: %s); %d of %d "
+                "segments cross episode boundaries, and their windows span two episodes", lang_path, int(bad[0]),
+                start, end, bounds_path, touched or "none", len(bad), len(segments))
 
 
 def build_window_index(
@@ -216,15 +275,28 @@ class NpzFrames:
 
     def read_window(self, frames: np.ndarray, n_obs: int, cameras: Sequence[str], action_key: str, action_dim: int):
         images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
+        paths = []
         actions = np.empty((len(frames), action_dim), dtype=np.float32)
         for k, f in enumerate(frames):
             path, z = self.open(int(f))
             with z:
                 if k < n_obs:
+                    paths.append(path)
                     for cam in cameras:
                         images[cam].append(_check_image(self.get(z, cam, path), cam, str(path)))
                 actions[k] = _check_vector(self.get(z, action_key, path), action_key, action_dim, str(path))
-        return {c: np.stack(v) for c, v in images.items()}, actions
+        return {c: self._stack(v, paths, c) for c, v in images.items()}, actions
+
+    def _stack(self, images: list[np.ndarray], paths: list[Path], key: str) -> np.ndarray:
+        """One camera's frames as one array; frames of different sizes are an error naming two of the files (as
+        pack_calvin reports them), not numpy's bare shape error."""
+        odd = [k for k, a in enumerate(images) if a.shape != images[0].shape]
+        if odd:
+            k = odd[0]
+            raise DatasetError(f"{self.folder}: key {key!r} has inconsistent shapes "
+                               f"{sorted({a.shape for a in images})}: {paths[0]} has {images[0].shape}, {paths[k]} "
+                               f"has {images[k].shape}; every frame of a split needs the same image size")
+        return np.stack(images)
 
     def check_frame(self, frame: int, cameras: Sequence[str], action_key: str, action_dim: int) -> None:
         path, z = self.open(frame)
@@ -386,8 +458,9 @@ class CalvinDataset(RobotDataset):
         return LatentFrames(folder, vae(), self.cameras)
 
     def _check_files(self) -> None:
-        """Cheap up-front checks: the first and last frame of every segment's windows exist, and the first frame has
-        the expected keys and shapes (so a wrong dataset fails now, naming the file, not hours into training)."""
+        """Cheap up-front checks: the first and last frame of every segment's windows exist, the first frame has
+        the expected keys and shapes (so a wrong dataset fails now, naming the file, not hours into training); where
+        the split has ``ep_start_end_ids.npy``, segments across episodes are reported."""
         first = self.episode_lookup
         change = np.nonzero(np.diff(self.lang_lookup))[0]
         seg_first = first[np.r_[0, change + 1]]
@@ -402,6 +475,9 @@ class CalvinDataset(RobotDataset):
             raise DatasetError(f"{self.frames.folder}: packed arrays lack annotated frames {miss}; re-run "
                                "pack_calvin --overwrite or use dataset.data_format=npz")
         self.frames.check_frame(int(first[0]), self.cameras, self.action_key, self.action_dim)
+        bounds = load_episode_bounds(self.split_dir)
+        if bounds is not None:
+            check_segments_in_episodes(self.segments, bounds, self.lang_path, self.split_dir / EPISODES_FILE)
         if self.latents is not None:
             have = self.latents.has_frames(frames)
             if not have.all():

@@ -38,6 +38,7 @@ from policy_models.datasets.vae_latents import (
     LATENTS_DIR,
     LATENTS_INDEX,
     LATENTS_VERSION,
+    identity_differences,
     storage_dtype,
     vae_identity,
 )
@@ -83,11 +84,12 @@ def encode_split(
     final = split_dir / LATENTS_DIR
     identity = vae_identity(vae, image_size)
     if (final / LATENTS_INDEX).is_file() and not overwrite:
-        made_with = json.loads((final / LATENTS_INDEX).read_text()).get("vae")
-        if made_with == identity.to_dict():
+        made_with = json.loads((final / LATENTS_INDEX).read_text()).get("vae") or {}
+        differences = identity_differences(made_with, identity)
+        if not differences:
             log.info("%s: latents of this autoencoder exist already (%s)", split_dir, final)
             return final
-        raise DatasetError(f"{final}: latents of another autoencoder or dtype exist ({made_with}); pass --overwrite "
+        raise DatasetError(f"{final}: latents made differently exist ({'; '.join(differences)}); pass --overwrite "
                            "to replace them")
     # the dataset's own checks: annotations readable, frames present, camera keys and image shapes as expected
     dataset = CalvinDataset(split_dir, cameras=cameras, lang_folder=lang_folder, image_size=image_size,

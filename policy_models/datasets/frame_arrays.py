@@ -30,7 +30,7 @@ class FrameArrays:
         if self.index.get("version") != version or not self.index.get("complete"):
             raise DatasetError(f"{index_path}: incomplete or unsupported data (version {self.index.get('version')}); "
                                f"re-run python -m policy_models.datasets.{tool}")
-        self.frame_ids = np.load(self.folder / self.index["frame_ids_file"])
+        self.frame_ids = self._load(self.folder / self.index["frame_ids_file"], mmap_mode=None)
         self._arrays: dict[str, np.ndarray] = {}
 
     def __getstate__(self):  # memmaps are reopened in each DataLoader worker
@@ -43,12 +43,25 @@ class FrameArrays:
         arr = self._arrays.get(name)
         if arr is None:
             path = self.folder / entry["file"]
-            arr = np.load(path, mmap_mode="r")
+            arr = self._load(path, mmap_mode="r")
             if arr.shape != tuple(entry["shape"]):
                 raise DatasetError(f"{path}: shape {arr.shape} != {tuple(entry['shape'])} recorded in "
                                    f"{FRAME_ARRAYS_INDEX}; re-run python -m policy_models.datasets.{self.tool}")
             self._arrays[name] = arr
         return arr
+
+    def _load(self, path: Path, mmap_mode: str | None) -> np.ndarray:
+        """``np.load`` of one of the folder's arrays; a missing, truncated or corrupt file (an interrupted copy, a full
+        disk) is a DatasetError naming it and the command that rebuilds the folder."""
+        try:
+            return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: file listed in {FRAME_ARRAYS_INDEX} is missing; rebuild the folder with "
+                               f"python -m policy_models.datasets.{self.tool} --overwrite") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise DatasetError(f"{path}: cannot read the array, the file is truncated or corrupt "
+                               f"({type(exc).__name__}: {exc}); rebuild the folder with "
+                               f"python -m policy_models.datasets.{self.tool} --overwrite") from exc
 
     def lookup(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row of each frame, whether the frame is there at all)."""

@@ -20,7 +20,7 @@ Unscaled values in the autoencoder's own dtype are what the policy computes on t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,27 @@ def vae_identity(vae: torch.nn.Module, image_size: int) -> VaeIdentity:
                        float(vae.config.scaling_factor), int(image_size))
 
 
+def identity_differences(made_with: Mapping[str, Any], expected: VaeIdentity) -> list[str]:
+    """What differs between the identity recorded with the latents and `expected`, in words, so that the remedy is
+    clear: a dtype difference needs another ``--video_dtype``, not another model. The fingerprint hashes the weights as
+    stored, so it always differs with the dtype; it names other weights only when the dtypes agree."""
+    want = expected.to_dict()
+    out = []
+    if made_with.get("dtype") != want["dtype"]:
+        out.append(f"dtype: encoded in {made_with.get('dtype')}, the video model runs in {want['dtype']} "
+                   "(encode_latents --video_dtype must match the policy's model.video_dtype)")
+    elif made_with.get("fingerprint") != want["fingerprint"]:
+        out.append(f"weights: encoded by another autoencoder (fingerprint {str(made_with.get('fingerprint'))[:12]}..., "
+                   f"the video model's {want['fingerprint'][:12]}...)")
+    if made_with.get("image_size") != want["image_size"]:
+        out.append(f"image size: encoded from {made_with.get('image_size')}x{made_with.get('image_size')} images, the "
+                   f"video model takes {want['image_size']}x{want['image_size']}")
+    if made_with.get("scaling_factor") != want["scaling_factor"]:
+        out.append(f"scaling factor: {made_with.get('scaling_factor')} recorded, the video model's "
+                   f"{want['scaling_factor']}")
+    return out
+
+
 def latents_folder(split_dir: Path) -> Path:
     return Path(split_dir) / LATENTS_DIR
 
@@ -81,15 +102,13 @@ class LatentFrames(FrameArrays):
     def __init__(self, folder: Path, expected: VaeIdentity, cameras: Sequence[str]):
         super().__init__(folder, LATENTS_VERSION, "encode_latents")
         index_path = self.folder / LATENTS_INDEX
-        made_with = self.index.get("vae", {})
-        differs = [k for k, v in expected.to_dict().items() if made_with.get(k) != v]
-        if differs:
+        made_with = self.index.get("vae") or {}
+        differences = identity_differences(made_with, expected)
+        if differences:
             raise DatasetError(
-                f"{index_path}: the latents were encoded with another autoencoder than the policy's video model "
-                f"(differs in {differs}: {[made_with.get(k) for k in differs]} here, "
-                f"{[expected.to_dict()[k] for k in differs]} in the policy). Re-run python -m "
-                "policy_models.datasets.encode_latents with this video model and dtype, or set "
-                "dataset.vae_latents=off to encode the images during training")
+                f"{index_path}: the latents do not match the policy's video model: {'; '.join(differences)}. Re-run "
+                "python -m policy_models.datasets.encode_latents --overwrite with this video model, dtype and image "
+                "size, or set dataset.vae_latents=off to encode the images during training")
         missing = [c for c in cameras if c not in self.index["cameras"]]
         if missing:
             raise DatasetError(f"{index_path}: no latents for cameras {missing} (encoded: "

@@ -57,6 +57,28 @@ def load_stats(stats: Mapping[str, Any] | Stats | None, stats_path: str | Path |
         raise DatasetError(str(exc)) from None
 
 
+def _stats_source(stats: Mapping[str, Any] | Stats | None, stats_path: str | Path | None) -> str:
+    """Where `load_stats` took the statistics from, so that a mismatch names the file (or the inline config) to fix."""
+    if isinstance(stats, Stats):
+        return "the statistics passed as dataset.stats"
+    if stats:
+        return "inline dataset.stats"
+    return str(stats_path)
+
+
+def _load_latent_file(path: Path) -> Any:
+    """``torch.load`` of a latent file, memory-mapped where its format allows; an unreadable file (cut short by an
+    interrupted copy, or something else saved under the name) is a DatasetError naming it, as in stage 1."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, unpickling and OS errors come in many types
+        raise DatasetError(f"{path}: cannot load latent tensor: the file is truncated or not a saved latent tensor "
+                           f"({type(exc).__name__}: {exc})") from exc
+
+
 class _LRU:
     def __init__(self, size: int):
         self.size = max(1, size)
@@ -90,7 +112,11 @@ class XbotDataset(RobotDataset):
         obs_source: str = "latent",
         image_size: int | None = 256,
         cache_episodes: int = 32,
+        latent_size: int | None = None,
     ):
+        """`latent_size`: the spatial size h = w of the latents the policy expects (its resolution divided by the
+        autoencoder's scale factor). Given, every latent file is checked against it, the first sample's at once, so
+        latents encoded at another resolution fail here naming the file instead of inside the first training step."""
         if not data_json_path or not data_root_path:
             raise DatasetError("xbot dataset needs dataset.data_json_path (folder with {split}_all.json) and "
                                "dataset.data_root_path (folder holding the dataset folders)")
@@ -107,6 +133,7 @@ class XbotDataset(RobotDataset):
         self.action_seq_len, self.action_dim, self.state_dim = int(action_seq_len), int(action_dim), int(state_dim)
         self.obs_source = obs_source
         self.image_size = image_size
+        self.latent_size = None if latent_size is None else int(latent_size)
         index_path = self.json_dir / f"{split}_all.json"
         self.source = str(index_path)
         if not index_path.is_file():
@@ -123,14 +150,17 @@ class XbotDataset(RobotDataset):
         stats_path = stats_path if stats_path else self.json_dir / "train_stats.json"
         self.stats = load_stats(stats, stats_path, str(index_path))
         if self.stats.state_dim != self.state_dim or self.stats.action_dim != self.action_dim:
-            raise DatasetError(f"stats have state_dim {self.stats.state_dim} / action_dim {self.stats.action_dim}, "
-                               f"the embodiment expects {self.state_dim} / {self.action_dim}")
+            raise DatasetError(f"{_stats_source(stats, stats_path)}: stats have state_dim {self.stats.state_dim} / "
+                               f"action_dim {self.stats.action_dim}, the embodiment expects {self.state_dim} / "
+                               f"{self.action_dim}")
         short = [i for i, s in enumerate(self.samples[:1000]) if len(s["frame_ids"]) < self.action_seq_len]
         if short:
             raise DatasetError(f"{index_path}: sample {short[0]} has {len(self.samples[short[0]]['frame_ids'])} "
                                f"frame ids, fewer than the action chunk {self.action_seq_len}")
         self._episodes = _LRU(cache_episodes)
         self._latents = _LRU(cache_episodes * len(self.cameras))
+        if obs_source == "latent":
+            self._check_first_latents()
         log.info("xbot %s: %d samples from %s, observations from %s", split, len(self.samples), index_path, obs_source)
 
     def __len__(self) -> int:
@@ -178,21 +208,35 @@ class XbotDataset(RobotDataset):
 
         return self._episodes.get((dataset_name, ann_file), load)
 
-    def _latent(self, ep: dict[str, Any], rel: str, frame: int) -> torch.Tensor:
-        def load():
-            cands = [ep["dir"] / rel, ep["dir"] / rel.replace("latent_videos", "latent_videos_svd", 1)]
-            for c in cands:
-                if c.is_file():
-                    try:
-                        return torch.load(c, map_location="cpu", weights_only=True, mmap=True)
-                    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-                        return torch.load(c, map_location="cpu", weights_only=True)
-            raise DatasetError(f"{ep['path']}: latent file not found: {cands[0]} (nor {cands[1]})")
+    def _check_first_latents(self) -> None:
+        """Open the first sample's latent files now (not cached: the workers open their own), so unreadable files
+        or latents of the wrong shape fail at construction."""
+        s = self.samples[0]
+        ep = self._episode(s["dataset_name"], s["ann_file"])
+        for rel in ep["obs_files"]:
+            self._open_latent(ep, rel)
 
-        lat = self._latents.get(str(ep["dir"] / rel), load)
+    def _open_latent(self, ep: dict[str, Any], rel: str) -> torch.Tensor:
+        """The (T, 4, h, w) latents of one camera, from ``latent_videos`` or the original's ``latent_videos_svd``."""
+        cands = [ep["dir"] / rel, ep["dir"] / rel.replace("latent_videos", "latent_videos_svd", 1)]
+        for c in cands:
+            if c.is_file():
+                return self._check_latent(_load_latent_file(c), c)
+        raise DatasetError(f"{ep['path']}: latent file not found: {cands[0]} (nor {cands[1]})")
+
+    def _check_latent(self, lat: Any, path: Path) -> torch.Tensor:
         if not isinstance(lat, torch.Tensor) or lat.ndim != 4 or lat.shape[1] != 4:
-            raise DatasetError(f"{ep['dir'] / rel}: expected a (T, 4, h, w) latent tensor, got "
-                               f"{getattr(lat, 'shape', type(lat).__name__)}")
+            raise DatasetError(f"{path}: expected a (T, 4, h, w) latent tensor, got "
+                               f"{tuple(lat.shape) if isinstance(lat, torch.Tensor) else type(lat).__name__}")
+        if self.latent_size is not None and tuple(lat.shape[2:]) != (self.latent_size, self.latent_size):
+            raise DatasetError(f"{path}: latents are {lat.shape[2]}x{lat.shape[3]}, the policy expects "
+                               f"{self.latent_size}x{self.latent_size} (its resolution / the autoencoder's scale "
+                               "factor); re-encode the videos with step1_prepare_latent_data.py at the policy's "
+                               "resolution")
+        return lat
+
+    def _latent(self, ep: dict[str, Any], rel: str, frame: int) -> torch.Tensor:
+        lat = self._latents.get(str(ep["dir"] / rel), lambda: self._open_latent(ep, rel))
         if frame >= lat.shape[0]:
             raise DatasetError(f"{ep['dir'] / rel}: frame {frame} out of range ({lat.shape[0]} frames)")
         return lat[frame : frame + 1].float().clone()

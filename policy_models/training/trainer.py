@@ -93,10 +93,12 @@ def default_dataset_factory(cfg: DictConfig, split: str, policy: nn.Module) -> R
         resolution = int(policy.resolution)
     except (AttributeError, RuntimeError):
         resolution = None
-    vae = getattr(getattr(policy, "tvp_encoder", None), "vae", None)
+    encoder = getattr(policy, "tvp_encoder", None)
+    vae = getattr(encoder, "vae", None)
     identity = None if vae is None or resolution is None else (lambda: vae_identity(vae, resolution))
     return build_dataset(cfg.dataset, split, cameras=list(emb.cameras), action_seq_len=emb.chunk_length,
-                         action_dim=emb.action_dim, state_dim=emb.state_dim, image_size=resolution, vae=identity)
+                         action_dim=emb.action_dim, state_dim=emb.state_dim, image_size=resolution, vae=identity,
+                         latent_size=getattr(encoder, "latent_size", None))
 
 
 def _sel(cfg: DictConfig, key: str, default: Any = None) -> Any:

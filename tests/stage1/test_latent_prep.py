@@ -197,6 +197,54 @@ def test_hdf5_import(tmp_path, tiny_vae):
         parse_state_spec("a[1:2:3]")
 
 
+def test_hdf5_episode_with_different_frame_counts_fails(tmp_path):
+    """Cameras, states and actions of different lengths are a failed episode naming the file and the lengths, even
+    where subsampling would make them agree (10 and 9 frames at step 5 both give 2)."""
+    import h5py
+
+    from video_dataset.hdf5_import import Hdf5ImportOptions, import_hdf5
+
+    raw = tmp_path / "raw" / "day1"
+    raw.mkdir(parents=True)
+    frames = np.zeros((10, 24, 32, 3), dtype=np.uint8)
+    for name in ("a", "b", "c"):
+        _write_h5(raw / f"{name}.hdf5", frames, compress=False)
+    with h5py.File(raw / "b.hdf5", "r+") as f:
+        del f["observations/images/cam_left"]
+        f["observations/images/cam_left"] = frames[:9]
+    with h5py.File(raw / "c.hdf5", "r+") as f:
+        del f["observations/hand_qpos"]
+        f["observations/hand_qpos"] = np.zeros((8, 24))
+    out = tmp_path / "out"
+    options = Hdf5ImportOptions(cameras=("cam_high", "cam_left"), resolution=32)
+    report = import_hdf5(tmp_path / "raw", out, None, options, progress=False)
+    assert report.encoded == [str(raw / "a.hdf5")]
+    failed = dict(report.failed)
+    assert failed[str(raw / "b.hdf5")] == ("ValueError: frame counts differ: /action 10, states (/observations) 10, "
+                                           "/observations/images/cam_high 10, /observations/images/cam_left 9")
+    assert failed[str(raw / "c.hdf5")] == ("ValueError: state sources have different frame counts: "
+                                           "/observations/arm_end_pose 10, /observations/hand_qpos 8")
+    assert f"FAILED {raw / 'b.hdf5'}: ValueError: frame counts differ" in report.summary()
+    assert sorted(p.name for p in (out / "annotation" / "train").iterdir()) == ["0.json"]
+
+
+def test_select_frames_start_outside_the_video():
+    assert select_frames(10, 4, start=9, skip=2).tolist() == [9, 9, 9, 9]  # a clip running off the end is padded
+    for start in (10, 25, -1):
+        with pytest.raises(ValueError, match=rf"start index {start} is outside the video's 10 frames \(valid: 0..9\)"):
+            select_frames(10, 16, start=start, skip=2)
+
+
+def test_prediction_start_outside_the_episode_names_the_annotation(tmp_path):
+    from video_dataset.annotations import DatasetError
+    from video_models.prediction import PredictionSettings, load_episode
+
+    root = write_video_dataset(tmp_path, "ds", {"val": [(8, 32, 32)]})
+    settings = PredictionSettings(val_dataset_dir=str(root), start_idx=100, height=32, width=32)
+    with pytest.raises(DatasetError, match=r"annotation/val/0\.json: start index 100 is outside the video's 8 frames"):
+        load_episode(root, 0, settings)
+
+
 def test_off_scale_latents_are_reported_once_and_calibrated_ones_are_not(tmp_path, tiny_model_dirs):
     from diffusers import AutoencoderKLTemporalDecoder
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -202,3 +203,89 @@ def test_preprocess_rgb_checks():
         preprocess_rgb(np.zeros((4, 4, 3), dtype=np.float32), 8)
     out = preprocess_rgb(np.full((5, 5, 3), 255, dtype=np.uint8), None)
     assert out.shape == (1, 3, 5, 5) and torch.all(out == 1)
+
+
+def _rewrite_lang(split, **changes):
+    """Apply `changes` ({"ann": [...], "indx": [...]}) to a split's auto_lang_ann.npy."""
+    path = split / "lang_annotations" / "auto_lang_ann.npy"
+    lang = np.load(path, allow_pickle=True).item()
+    if "ann" in changes:
+        lang["language"]["ann"] = changes["ann"]
+    if "indx" in changes:
+        lang["info"]["indx"] = changes["indx"]
+    np.save(path, lang, allow_pickle=True)
+    return path
+
+
+def test_bytes_instructions_are_decoded(calvin_root):
+    split = calvin_root / "validation"
+    _, ann = _lang(split)
+    _rewrite_lang(split, ann=[a.encode("utf-8") for a in ann[:-1]] + [np.bytes_("stäck the blöck".encode())])
+    segments, decoded = _lang(split)
+    assert decoded == ann[:-1] + ["stäck the blöck"]
+    assert CalvinDataset(split, image_size=32)[0]["lang_text"] == ann[0]
+    _rewrite_lang(split, ann=ann[:-1] + [b"\xff\xfe"])
+    with pytest.raises(DatasetError, match=r"auto_lang_ann\.npy: language\.ann\[2\] is bytes that are not UTF-8"):
+        _lang(split)
+
+
+def test_segments_across_episodes_are_reported(calvin_root, caplog):
+    split = calvin_root / "training"
+    np.save(split / "ep_start_end_ids.npy", np.array([[0, 40], [41, 63], [71, 134]]))
+    with caplog.at_level(logging.WARNING, logger="policy_models.datasets.calvin"):
+        ds = CalvinDataset(split, image_size=32, data_format="npz")  # loaded as the original did, but not silently
+    assert len(ds) == 6 * (32 - 21)
+    assert re.search(r"auto_lang_ann\.npy: segment 1 \[16, 47\] is not inside one episode of .*ep_start_end_ids\.npy "
+                     r"\(episode bounds it touches: \[\[0, 40\], \[41, 63\]\]\); 2 of 6 segments", caplog.text)
+    caplog.clear()
+    np.save(split / "ep_start_end_ids.npy", np.array([[0, 63], [64, 134]]))
+    with caplog.at_level(logging.WARNING, logger="policy_models.datasets.calvin"):
+        CalvinDataset(split, image_size=32, data_format="npz")
+    assert "episode" not in caplog.text
+    np.save(split / "ep_start_end_ids.npy", np.array([0, 63, 71, 134]))
+    with pytest.raises(DatasetError, match=r"ep_start_end_ids\.npy: expected an \(n, 2\) integer array"):
+        CalvinDataset(split, image_size=32, data_format="npz")
+    np.save(split / "ep_start_end_ids.npy", np.array([0, 63, 71, 134]))
+    with pytest.raises(DatasetError, match=r"ep_start_end_ids\.npy: expected an \(n, 2\) integer array"):
+        CalvinDataset(split, image_size=32, data_format="npz")
+    (split / "ep_start_end_ids.npy").unlink()  # optional: without it the segments are taken as they are
+    assert len(CalvinDataset(split, image_size=32, data_format="npz")) == 6 * (32 - 21)
+
+
+def test_explicit_lang_folder_must_exist(calvin_root):
+    split = calvin_root / "validation"
+    with pytest.raises(DatasetError, match=rf"language annotations not found: {split / 'lang_anotations'}.*"
+                                           r"lang_folder='lang_anotations'.*lang_annotations/ has them"):
+        CalvinDataset(split, image_size=32, lang_folder="lang_anotations")
+    # the original config's folder falls back to lang_annotations/ (same annotations, other embeddings)
+    ds = CalvinDataset(split, image_size=32, lang_folder="lang_clip_resnet50")
+    assert ds.lang_path == split / "lang_annotations" / "auto_lang_ann.npy"
+    (split / "lang_other").mkdir()
+    (split / "lang_annotations" / "auto_lang_ann.npy").rename(split / "lang_other" / "auto_lang_ann.npy")
+    assert CalvinDataset(split, image_size=32, lang_folder="lang_other").lang_path.parent.name == "lang_other"
+
+
+def test_mixed_image_sizes_name_the_files(calvin_root):
+    split = calvin_root / "training"
+    ds = CalvinDataset(split, image_size=32, data_format="npz")
+    odd = split / "episode_0000003.npz"
+    _rewrite_frame(odd, rgb_static=np.zeros((100, 100, 3), dtype=np.uint8))
+    with pytest.raises(DatasetError, match=r"key 'rgb_static' has inconsistent shapes \[\(100, 100, 3\), "
+                                           r"\(200, 200, 3\)\]: .*episode_0000000\.npz has \(200, 200, 3\), "
+                                           r".*episode_0000003\.npz has \(100, 100, 3\)"):
+        ds.frames.read_window(np.arange(8), 8, ("rgb_static",), "rel_actions", 7)
+
+
+def test_truncated_packed_array_names_file(calvin_root):
+    split = calvin_root / "validation"
+    pack_split(split, workers=1, progress=False)
+    array = split / "packed" / "rgb_static.npy"
+    with open(array, "r+b") as fh:
+        fh.truncate(array.stat().st_size // 2)
+    with pytest.raises(DatasetError, match=rf"{array}: cannot read the array, the file is truncated or corrupt "
+                                           r".*pack_calvin --overwrite"):
+        CalvinDataset(split, image_size=32)
+    ids = split / "packed" / "frame_ids.npy"
+    ids.write_bytes(ids.read_bytes()[:40])
+    with pytest.raises(DatasetError, match=rf"{ids}: cannot read the array.*pack_calvin --overwrite"):
+        CalvinDataset(split, image_size=32)

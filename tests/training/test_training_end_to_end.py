@@ -167,10 +167,12 @@ def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_s
     for key, value, error in (("compile_video_model", "fast", "null, auto or one of"),
                               ("compile_action_head", "reduce-overhead", "null, auto or one of"),
                               ("short_query_attention", "sometimes", "true, false or auto")):
-        with pytest.raises(ConfigError, match=f"training.{key} must be {error}"):
-            train(_cfg("tiny_calvin.yaml", tmp_path / key, *paths, f"training.{key}={value}"),
+        with pytest.raises(ConfigError, match=f"training.{key} must be {error}"):  # "+": past the override check
+            train(_cfg("tiny_calvin.yaml", tmp_path / key, *paths, f"+training.{key}={value}"),
                   policy_factory=no_policy, dataset_factory=_data(2))
         assert not (tmp_path / key).exists()  # no run folder left behind
+    with pytest.raises(ConfigError, match="training.short_query_attention holds bool"):  # tiny_calvin's false
+        _cfg("tiny_calvin.yaml", tmp_path / "x", *paths, "training.short_query_attention=sometimes")
     multi_gpu = trainer.Trainer(_cfg("tiny_calvin.yaml", tmp_path / "ddp", *paths))
     multi_gpu._setup_accelerator()
     assert multi_gpu.acc.ddp_handler.gradient_as_bucket_view  # DDP keeps one copy of the gradients

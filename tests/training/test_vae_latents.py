@@ -143,3 +143,58 @@ def test_trainer_dataset_factory_serves_latents_when_present(calvin_root, tiny_m
         cfg = compose_config(CONF / "tiny_calvin.yaml", [f"root_data_dir={calvin_root}", f"video_model_path={svd}",
                                                          f"text_encoder_path={clip}", f"dataset.vae_latents={value}"])
         assert (default_dataset_factory(cfg, "train", policy).latents is not None) is uses_latents
+
+
+def test_mismatch_message_says_what_differs(calvin_root, policy):
+    """Latents encoded in another dtype (encode_latents defaults to fp16, the tiny config runs fp32) are refused with
+    the dtype named, not blamed on another autoencoder; likewise the image size."""
+    import copy
+
+    split, vae, res = calvin_root / "validation", policy.tvp_encoder.vae, policy.resolution
+    encode_split(split, vae, res, batch=64, workers=0, progress=False)
+    half = copy.deepcopy(vae).half()
+    with pytest.raises(DatasetError, match="dtype: encoded in float32, the video model runs in float16") as err:
+        CalvinDataset(split, image_size=res, vae_latents="on", vae=lambda: vae_identity(half, res))
+    assert "another autoencoder" not in str(err.value) and "image size:" not in str(err.value)
+    with pytest.raises(DatasetError, match=rf"image size: encoded from {res}x{res} images, the video model takes "
+                                           rf"{2 * res}x{2 * res}"):
+        CalvinDataset(split, image_size=res, vae_latents="on", vae=lambda: vae_identity(vae, 2 * res))
+    with pytest.raises(DatasetError, match="latents made differently exist \\(dtype: encoded in float32"):
+        encode_split(split, half, res, batch=64, workers=0, progress=False)
+
+
+def test_identity_differences_in_words():
+    from policy_models.datasets.vae_latents import VaeIdentity, identity_differences
+
+    want = VaeIdentity("a" * 64, "float16", 0.18215, 256)
+    assert identity_differences(want.to_dict(), want) == []
+    weights = identity_differences({**want.to_dict(), "fingerprint": "b" * 64}, want)
+    assert len(weights) == 1 and weights[0].startswith("weights: encoded by another autoencoder")
+    dtype = identity_differences({**want.to_dict(), "fingerprint": "b" * 64, "dtype": "float32"}, want)
+    assert len(dtype) == 1 and dtype[0].startswith("dtype: encoded in float32")  # the fingerprint follows the dtype
+    both = identity_differences({**want.to_dict(), "scaling_factor": 1.0, "image_size": 128}, want)
+    assert [d.split(":")[0] for d in both] == ["image size", "scaling factor"]
+
+
+def test_truncated_latent_array_names_file(calvin_root, policy):
+    split, res = calvin_root / "validation", policy.resolution
+    folder = encode_split(split, policy.tvp_encoder.vae, res, batch=64, workers=0, progress=False)
+    array = folder / "rgb_static.npy"
+    with open(array, "r+b") as fh:
+        fh.truncate(array.stat().st_size - 100)
+    ds = CalvinDataset(split, image_size=res, vae_latents="on", vae=_identity(policy))  # arrays open lazily
+    with pytest.raises(DatasetError, match=rf"{array}: cannot read the array, the file is truncated or corrupt "
+                                           r"\(ValueError: .*\); rebuild the folder with python -m "
+                                           r"policy_models\.datasets\.encode_latents --overwrite"):
+        ds[0]
+
+
+def test_mixed_image_sizes_fail_naming_the_files(calvin_root, policy):
+    split = calvin_root / "validation"
+    odd = split / "episode_0100005.npz"
+    data = dict(np.load(odd))
+    data["rgb_gripper"] = np.zeros((64, 64, 3), dtype=np.uint8)
+    np.savez_compressed(odd, **data)
+    with pytest.raises(DatasetError, match=r"key 'rgb_gripper' has inconsistent shapes \[\(64, 64, 3\), \(84, 84, 3\)\]"
+                                           rf": .*episode_0100000\.npz has \(84, 84, 3\), {odd} has \(64, 64, 3\)"):
+        encode_split(split, policy.tvp_encoder.vae, policy.resolution, batch=64, workers=0, progress=False)

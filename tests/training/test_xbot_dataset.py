@@ -71,7 +71,8 @@ def test_xbot_missing_stats_and_index(xbot_data, tmp_path):
     with pytest.raises(DatasetError, match="sample index not found"):
         build_dataset({"type": "xbot", "data_json_path": str(tmp_path), "data_root_path": str(xbot_data)}, "train",
                       cameras=CAMS, action_seq_len=8, action_dim=38, state_dim=38)
-    with pytest.raises(DatasetError, match="state_dim 38 / action_dim 38"):
+    with pytest.raises(DatasetError, match=rf"{xbot_data / 'index' / 'train_stats.json'}: stats have state_dim 38 / "
+                                           "action_dim 38, the embodiment expects 19 / 18"):
         build_dataset({"type": "xbot", "data_json_path": str(xbot_data / "index"), "data_root_path": str(xbot_data)},
                       "train", cameras=CAMS, action_seq_len=8, action_dim=18, state_dim=19)
 
@@ -87,3 +88,49 @@ def test_xbot_missing_latent_names_file(xbot_data, tmp_path):
     missing.unlink()
     with pytest.raises(DatasetError, match=f"latent file not found: {missing}"):
         ds[0]
+
+
+def _copy(xbot_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(xbot_data, root)
+    return root
+
+
+def _first_latent(root):
+    index = json.loads((root / "index" / "train_all.json").read_text())
+    ann = json.loads((root / "xbot_synth" / index[0]["ann_file"]).read_text())
+    return root / "xbot_synth" / ann["latent_videos"][0]["latent_video_path"]
+
+
+def test_xbot_truncated_latent_names_file(xbot_data, tmp_path):
+    root = _copy(xbot_data, tmp_path)
+    latent = _first_latent(root)
+    latent.write_bytes(latent.read_bytes()[: latent.stat().st_size // 2])
+    with pytest.raises(DatasetError, match=rf"{latent}: cannot load latent tensor: the file is truncated or not a "
+                                           "saved latent tensor"):
+        _ds(root)
+    latent.write_bytes(b"")
+    with pytest.raises(DatasetError, match=rf"{latent}: cannot load latent tensor"):
+        _ds(root)
+
+
+def test_xbot_latent_size_is_checked_at_construction(xbot_data, tmp_path):
+    from policy_models.datasets.xbot import XbotDataset
+
+    def make(root, latent_size):
+        return XbotDataset(root / "index", root, "train", cameras=CAMS, latent_size=latent_size)
+
+    assert make(xbot_data, 8)[0]["rgb_obs"]["cam_high"].shape == (1, 4, 8, 8)
+    with pytest.raises(DatasetError, match=rf"{_first_latent(xbot_data)}: latents are 8x8, the policy expects 32x32"):
+        make(xbot_data, 32)
+    root = _copy(xbot_data, tmp_path)  # a later file at the wrong size fails when it is first read
+    index = json.loads((root / "index" / "train_all.json").read_text())
+    other = next(i for i, s in enumerate(index) if s["ann_file"] != index[0]["ann_file"])
+    ann = json.loads((root / "xbot_synth" / index[other]["ann_file"]).read_text())
+    bad = root / "xbot_synth" / ann["latent_videos"][2]["latent_video_path"]
+    torch.save(torch.zeros(20, 4, 16, 16), bad)
+    ds = make(root, 8)
+    with pytest.raises(DatasetError, match=rf"{bad}: latents are 16x16, the policy expects 8x8"):
+        ds[other]
