@@ -406,13 +406,13 @@ class Trainer:
         video_setting = compile_setting(_sel(cfg, "training.compile_video_model", None), "training.compile_video_model")
         head_setting = compile_setting(_sel(cfg, "training.compile_action_head", None), "training.compile_action_head")
         short_query = flag_setting(_sel(cfg, "training.short_query_attention", False), "training.short_query_attention")
+        if self.dataset_factory is default_dataset_factory:  # a wrong data path fails before anything is made
+            check_dataset_folders(cfg.dataset, ["train", "val"] if _sel(cfg, "training.validate", True) else ["train"])
         self._setup_accelerator()
         video_mode = resolve_compile_setting(video_setting, self.device.type)
         head_mode = resolve_compile_setting(head_setting, self.device.type)
         self.run_dir, resume_ckpt = self._resolve_run_dir()
         self._setup_logging()
-        if self.dataset_factory is default_dataset_factory:  # a wrong data path fails before the models load
-            check_dataset_folders(cfg.dataset, ["train", "val"] if _sel(cfg, "training.validate", True) else ["train"])
         seed = int(_sel(cfg, "seed", 0))
         seed_everything(seed)  # identical initialisation on every process
         self.policy = self.policy_factory(cfg, self.device)

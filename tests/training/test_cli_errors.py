@@ -30,3 +30,4 @@ def test_a_missing_data_folder_is_one_line_before_the_models_load(tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert f"data folder not found: {tmp_path / 'calvn' / 'training'}" in err
+    assert not (tmp_path / "run").exists()  # no run folder left behind
