@@ -273,12 +273,17 @@ def _worker_main(
     jobs: Any,
     results: Any,
 ) -> None:
-    """Evaluation process: builds its own env and policy, then runs jobs until it gets None."""
+    """Evaluation process: builds its own env and policy, then runs jobs until it gets None, or until the evaluator
+    that started it is gone: killed, it can no longer record results, and a worker left running would hold its GPU
+    and compete with the rerun (which resumes from results.jsonl)."""
     env = None
+    parent = multiprocessing.parent_process()
     try:
         env, oracle = env_factory()
         policy = make_policy(policy_factory, device, env)
         while True:
+            if parent is not None and not parent.is_alive():
+                break
             job = jobs.get()
             if job is None:
                 break

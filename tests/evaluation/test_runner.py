@@ -183,3 +183,22 @@ def test_shard_parsing_and_slices():
     slices = [shard_indices(1000, i, 3) for i in range(3)]
     assert [len(s) for s in slices] == [334, 333, 333]
     assert sum(slices, []) == list(range(1000))
+
+
+def test_workers_stop_when_the_evaluator_is_gone(tmp_path, suite, monkeypatch):
+    """A killed evaluator cannot record results: its workers take no further sequence (a rerun resumes them)."""
+    import queue
+    from types import SimpleNamespace
+
+    from policy_evaluation import runner
+
+    for alive in (False, True):
+        monkeypatch.setattr(runner.multiprocessing, "parent_process", lambda: SimpleNamespace(is_alive=lambda: alive))
+        jobs, results = queue.Queue(), queue.Queue()
+        for job in runner.build_jobs(suite, 1, [0]):
+            jobs.put(job)
+        jobs.put(None)
+        runner._worker_main(0, ScriptedEnvFactory(), RandomPolicyFactory(), "cpu", dict(suite.instructions),
+                            _settings(), str(tmp_path), jobs, results)
+        kinds = [results.get_nowait()[0] for _ in range(results.qsize())]
+        assert (jobs.qsize(), kinds) == ((0, ["record", "done"]) if alive else (2, ["done"]))
