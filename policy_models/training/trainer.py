@@ -295,6 +295,10 @@ class Trainer:
         acc.wait_for_everyone()
         if self.is_main:
             finalize_checkpoint(tmp, final)
+            if self.state.best_checkpoint == final.name:
+                # before `last`: a run killed between the two resumes from this checkpoint with its best_val, and
+                # would never write `best` for it again
+                write_pointer(self.run_dir, "best", final)
             write_pointer(self.run_dir, "last", final)
             best = read_pointer(self.run_dir, "best")
             prune_checkpoints(self.run_dir, _sel(self.cfg, "training.keep_last_checkpoints", None), [best, final])
@@ -601,8 +605,6 @@ class Trainer:
                     self.state.best_checkpoint = checkpoint_name(self.state.step)
                 if ckpt_epoch_end or improved:
                     result.last_checkpoint = self.save_checkpoint()
-                    if improved and self.is_main:
-                        write_pointer(self.run_dir, "best", result.last_checkpoint)
         if self._last_saved_step != self.state.step:
             result.last_checkpoint = self.save_checkpoint()
         elif result.last_checkpoint is None:

@@ -83,11 +83,23 @@ def test_resume_is_exact(calvin_root, tmp_path, resume_at):
     assert state["step"] == 8 and state["epoch"] == 1 and state["batch_in_epoch"] == 3
 
 
-def test_checkpoints_ema_validation_and_pointers(calvin_root, tmp_path):
+def test_checkpoints_ema_validation_and_pointers(calvin_root, tmp_path, monkeypatch):
+    from policy_models.training import trainer
+
+    pointers = []
+    write_pointer = trainer.write_pointer
+    monkeypatch.setattr(trainer, "write_pointer", lambda run_dir, name, target: pointers.append((name, target.name))
+                        or write_pointer(run_dir, name, target))
     run = tmp_path / "run"
     cfg = tiny_calvin_cfg(calvin_root, run, "dataloader.batch_size=16", "training.max_epochs=2",
                           "training.checkpoint_every_steps=4", "training.keep_last_checkpoints=2", "ema.validate=true")
     res = train(cfg, fake_policy_factory())
+    # a new best checkpoint gets `best` before `last`: killed in between, the resumed run (whose state already holds
+    # that best) would never point `best` at it, and pruning could delete it
+    assert ("best", "step_0000005") in pointers
+    for i, (name, target) in enumerate(pointers):
+        if name == "best":
+            assert pointers[i + 1] == ("last", target)
     assert res.step == 10 and res.epoch == 2
     # validation ran on the single process over the whole validation split: 33 windows x 10 x 7 elements
     assert [v["epoch"] for v in res.val_history] == [1, 2]
