@@ -188,6 +188,10 @@ class Trainer:
         from accelerate.utils import broadcast_object_list
 
         cfg = self.cfg
+        if str(_sel(cfg, "run.resume", None)) == "auto" and not _sel(cfg, "run.run_dir", None):
+            # checked on every process; a new run gets a new timestamped folder, which auto would never find again
+            raise ConfigError("run.resume=auto continues the run in run.run_dir, which is not set; set "
+                              "run.run_dir=FOLDER (the same on every call), or pass run.resume=<run folder>")
         obj: list[Any] = [None]
         if self.is_main:
             resume = _sel(cfg, "run.resume", None)
@@ -197,8 +201,10 @@ class Trainer:
                 from policy_models.checkpoints import resolve_checkpoint_dir
 
                 if str(resume) == "auto":
-                    if run_dir and read_pointer(Path(run_dir), "last") is not None:
+                    if read_pointer(Path(run_dir), "last") is not None:
                         ckpt = resolve_checkpoint_dir(run_dir)
+                    else:
+                        log.info("run.resume=auto: %s has no checkpoint yet, starting at step 0", run_dir)
                 else:
                     ckpt = resolve_checkpoint_dir(resume)
                     if run_dir is None:

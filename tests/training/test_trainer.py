@@ -164,6 +164,9 @@ def test_init_from_warm_start(calvin_root, tmp_path):
         with pytest.raises(CheckpointError, match=r"embodiment 'xbot'.*calvin.*action_dim 38 vs 7"):
             train(tiny_calvin_cfg(calvin_root, tmp_path / f"d_{key}", "training.max_steps=0",
                                   f"{key}={xbot_run / 'checkpoints' / 'step_1'}"), fake_policy_factory())
+    with pytest.raises(ConfigError, match="run.resume=auto continues the run in run.run_dir, which is not set"):
+        train(tiny_calvin_cfg(calvin_root, tmp_path / "e", "run.run_dir=null", "run.resume=auto"),
+              fake_policy_factory())
     (tmp_path / "released.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="convert_vpp_checkpoint"):
         train(tiny_calvin_cfg(calvin_root, tmp_path / "c", "training.max_steps=0",
