@@ -57,7 +57,7 @@ from vpp_core.config import (
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.gc_freeze import FrozenHeap
 from vpp_core.input_wait import InputWaitMeter
-from vpp_core.io import append_jsonl, atomic_json_dump
+from vpp_core.io import append_jsonl, atomic_json_dump, drop_jsonl_records_after
 from vpp_core.memory import peak_memory_record
 from vpp_core.precision import mixed_precision_name, resolve_dtype
 from vpp_core.seeding import seed_everything
@@ -839,6 +839,8 @@ class Stage1Trainer:
         acc.load_state(str(checkpoint / STATE_DIR))
         self.global_step = int(state["global_step"])
         self.batches_seen = int(state["batches_seen"])
+        if acc.is_main_process:  # the steps after the checkpoint run again and are logged again
+            drop_jsonl_records_after(self.metrics_path, self.global_step)
         log.info("resumed from %s at step %d", checkpoint, self.global_step)
 
 

@@ -52,6 +52,30 @@ def atomic_save_safetensors(
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
+def drop_jsonl_records_after(path: str | Path, step: int, key: str = "step") -> int:
+    """Rewrite a metrics log without its records of steps after `step`, and without a last line cut short; returns
+    how many it dropped. A run resumed from the checkpoint of `step` logs the later steps again, and a log holding
+    both would count them twice."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the record being written when the run was killed
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get(key), int) and record[key] > step:
+            dropped += 1
+            continue
+        kept.append(line + "\n")
+    if dropped:
+        with atomic_write(path) as tmp:
+            tmp.write_text("".join(kept), encoding="utf-8")
+    return dropped
+
+
 def append_jsonl(record: dict[str, Any], path: str | Path) -> None:
     """Append one record and fsync, so a crash loses at most the record being written."""
     path = Path(path)

@@ -70,7 +70,7 @@ from vpp_core.config import (
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.gc_freeze import FrozenHeap
 from vpp_core.input_wait import InputWaitMeter
-from vpp_core.io import append_jsonl
+from vpp_core.io import append_jsonl, drop_jsonl_records_after
 from vpp_core.memory import peak_memory_record
 from vpp_core.seeding import seed_everything
 
@@ -517,6 +517,8 @@ class Trainer:
         self._last_saved_step = self.state.step if resume_ckpt is not None else -1
         wandb_run = self._init_wandb()
         metrics_path = self.run_dir / "metrics.jsonl"
+        if resume_ckpt is not None and self.is_main:  # the steps after the checkpoint run again and are logged again
+            drop_jsonl_records_after(metrics_path, self.state.step)
         result = TrainResult(self.run_dir, self.state.step, self.state.epoch, None, None)
 
         total = min(max_steps, max_epochs * batches_per_epoch)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vpp_core.config import ConfigError, apply_overrides, load_config, normalize_overrides, save_config
-from vpp_core.io import append_jsonl, atomic_json_dump, atomic_write
+from vpp_core.io import append_jsonl, atomic_json_dump, atomic_write, drop_jsonl_records_after
 from vpp_core.precision import resolve_dtype
 from vpp_core.video_io import VideoReadError, read_video, video_info, write_mp4
 
@@ -69,6 +69,19 @@ def test_append_jsonl(tmp_path):
     append_jsonl({"i": 0}, tmp_path / "r.jsonl")
     append_jsonl({"i": 1}, tmp_path / "r.jsonl")
     assert [json.loads(line)["i"] for line in (tmp_path / "r.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_drop_jsonl_records_after_a_resumed_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for step in (1, 2, 3, 4):
+        append_jsonl({"step": step, "loss": 1.0 / step}, path)
+    append_jsonl({"note": "no step"}, path)
+    with open(path, "a") as fh:
+        fh.write('{"step": 5, "lo')  # cut short by a kill
+    assert drop_jsonl_records_after(path, 2) == 3
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}, {"note": "no step"}]
+    assert drop_jsonl_records_after(path, 2) == 0 and drop_jsonl_records_after(tmp_path / "none.jsonl", 0) == 0
 
 
 def test_video_round_trip(tmp_path):

@@ -193,7 +193,8 @@ def test_workers_stop_when_the_evaluator_is_gone(tmp_path, suite, monkeypatch):
     from policy_evaluation import runner
 
     for alive in (False, True):
-        monkeypatch.setattr(runner.multiprocessing, "parent_process", lambda: SimpleNamespace(is_alive=lambda: alive))
+        parent = SimpleNamespace(is_alive=lambda alive=alive: alive)
+        monkeypatch.setattr(runner.multiprocessing, "parent_process", lambda parent=parent: parent)
         jobs, results = queue.Queue(), queue.Queue()
         for job in runner.build_jobs(suite, 1, [0]):
             jobs.put(job)

@@ -132,6 +132,8 @@ def test_checkpoint_loads_in_diffusers(run_a):
 def test_resume_is_exact(run_a, tiny_model_dirs, data_root):
     cfg, result, final_a = run_a
     ckpt2 = result.run_dir / "checkpoint-2"
+    metrics = result.run_dir / "metrics.jsonl"
+    logged_steps = [json.loads(line).get("step") for line in metrics.read_text().splitlines()]
     saved_opt = torch.load(ckpt2 / "training_state" / "optimizer.bin", weights_only=False)
     resumed = Stage1Trainer(
         load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, cfg.output_dir, resume=ckpt2))
@@ -144,6 +146,8 @@ def test_resume_is_exact(run_a, tiny_model_dirs, data_root):
             assert torch.equal(torch.as_tensor(state["state"][key][name]), torch.as_tensor(value)), (key, name)
     result_b = resumed.train()
     assert result_b.global_step == 3 and len(result_b.train_losses) == 1
+    # step 3 ran again: the log holds it once, as before the resume
+    assert [json.loads(line).get("step") for line in metrics.read_text().splitlines()] == logged_steps
     assert result_b.train_losses[0] == pytest.approx(result.train_losses[2], rel=1e-6, abs=1e-7)
     final_b = load_file(result.run_dir / "checkpoint-3" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
