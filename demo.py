@@ -61,7 +61,8 @@ def run_demo(cfg: DictConfig) -> dict:
     sim, vm, am, ev = cfg.simulator, cfg.video_model, cfg.action_model, cfg.evaluation
 
     title = "1. record demonstrations in the simulator"
-    if (dataset / "training" / "ep_start_end_ids.npy").exists():
+    # vpp_sim.generate deletes its .work/ folder last: while it is there, a rerun of the command resumes the recording
+    if (dataset / "training" / "ep_start_end_ids.npy").exists() and not (dataset / ".work").exists():
         skip(title, f"{dataset} exists", timings)
     else:
         run_stage(title, ["-m", "vpp_sim.generate", "--output", str(dataset), "--episodes-per-task",

@@ -42,6 +42,7 @@ from policy_evaluation.env_interface import EnvFactory, EvalEnv, EvalPolicy, Pol
 from policy_evaluation.metrics import metrics_from_records, print_metrics, progress_description
 from policy_evaluation.protocol import run_sequence
 from policy_evaluation.suites import EvalSuite
+from vpp_core.io import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -417,6 +418,8 @@ def run_evaluation(
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     _check_config(output_dir, config)
+    for folder in (output_dir, output_dir / "videos"):  # what a killed evaluation was writing; no worker runs yet
+        remove_stale_temporaries(folder)
 
     indices = shard_indices(settings.num_sequences, settings.shard_index, settings.num_shards)
     jsonl = output_dir / RESULTS_JSONL

@@ -4,6 +4,7 @@ at real files."""
 import json
 
 import numpy as np
+import pytest
 
 import demo
 from vpp_core.config import load_config
@@ -55,3 +56,26 @@ def test_demo_help_and_misspelt_settings_stop_before_any_stage(capsys, monkeypat
     assert "python demo.py" in capsys.readouterr().out
     assert demo.main(["action_model.max_step=3"]) == 2
     assert "did you mean action_model.max_steps" in capsys.readouterr().err
+
+
+def test_a_half_recorded_dataset_is_recorded_again(tmp_path, monkeypatch):
+    """vpp_sim.generate removes its .work/ folder last; while it exists, the demo reruns the (resuming) recording."""
+    dataset = tmp_path / "demo" / "data" / demo.DATASET_NAME
+    (dataset / "training").mkdir(parents=True)
+    (dataset / "training" / "ep_start_end_ids.npy").write_bytes(b"")
+    (dataset / ".work").mkdir()
+    ran = []
+
+    def stop(title, args, timings):
+        ran.append(title)
+        raise InterruptedError
+
+    monkeypatch.setattr(demo, "run_stage", stop)
+    cfg = load_config(demo.REPO / "demo.yaml", [f"output_dir={tmp_path / 'demo'}", *SMOKE])
+    for work_left, first in ((True, "1. record demonstrations in the simulator"), (False, None)):
+        if not work_left:
+            (dataset / ".work").rmdir()
+        ran.clear()
+        with pytest.raises(InterruptedError):
+            demo.run_demo(cfg)
+        assert (ran[0] == first) if first else not ran[0].startswith("1.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +28,26 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        with open(tmp, "rb") as fh:  # on disk before the rename: after a power loss the name never holds an empty file
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the `.NAME.tmp` files and folders that a killed run left in `folder` (this module's `atomic_write` and
+    the trainers' checkpoint folders use that pattern); returns what it removed. Call it where no other process is
+    writing into `folder`, before the run writes anything."""
+    folder = Path(folder)
+    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return stale
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

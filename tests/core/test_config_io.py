@@ -123,3 +123,17 @@ def test_atomic_write_uses_normal_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
+    from vpp_core.io import remove_stale_temporaries
+
+    (tmp_path / ".step_0000014.tmp" / "training_state").mkdir(parents=True)
+    (tmp_path / ".sequence_0001.mp4.pu6kko9g.tmp").write_bytes(b"half")
+    (tmp_path / "step_0000007").mkdir()
+    (tmp_path / "results.jsonl").write_text("{}\n")
+    (tmp_path / "notes.tmp").write_text("not ours: no leading dot")
+    removed = remove_stale_temporaries(tmp_path)
+    assert [p.name for p in removed] == [".sequence_0001.mp4.pu6kko9g.tmp", ".step_0000014.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "results.jsonl", "step_0000007"]
+    assert remove_stale_temporaries(tmp_path / "missing") == []

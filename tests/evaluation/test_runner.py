@@ -203,3 +203,11 @@ def test_workers_stop_when_the_evaluator_is_gone(tmp_path, suite, monkeypatch):
                             _settings(), str(tmp_path), jobs, results)
         kinds = [results.get_nowait()[0] for _ in range(results.qsize())]
         assert (jobs.qsize(), kinds) == ((0, ["record", "done"]) if alive else (2, ["done"]))
+
+
+def test_a_rerun_removes_what_a_killed_evaluation_was_writing(tmp_path, suite):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / ".sequence_0001.mp4.abc123.tmp").write_bytes(b"half a video")
+    (tmp_path / ".results.json.4242.tmp").write_text("{")
+    run_evaluation(suite, RandomPolicyFactory(), _settings(num_sequences=1), tmp_path, env_factory=ScriptedEnvFactory())
+    assert not list(tmp_path.rglob("*.tmp")) and (tmp_path / "results.json").is_file()

@@ -134,11 +134,13 @@ def test_resume_is_exact(run_a, tiny_model_dirs, data_root):
     ckpt2 = result.run_dir / "checkpoint-2"
     metrics = result.run_dir / "metrics.jsonl"
     logged_steps = [json.loads(line).get("step") for line in metrics.read_text().splitlines()]
+    (result.run_dir / ".checkpoint-3.tmp" / "unet").mkdir(parents=True)  # a checkpoint a killed run was writing
     saved_opt = torch.load(ckpt2 / "training_state" / "optimizer.bin", weights_only=False)
     resumed = Stage1Trainer(
         load_config(TINY, tiny_overrides(*tiny_model_dirs, data_root, cfg.output_dir, resume=ckpt2))
     )
     assert resumed.global_step == 2 and resumed.run_dir == result.run_dir
+    assert not (result.run_dir / ".checkpoint-3.tmp").exists()
     state = resumed.optimizer.state_dict()
     assert state["param_groups"][0]["lr"] == saved_opt["param_groups"][0]["lr"]
     for key, tensors in saved_opt["state"].items():

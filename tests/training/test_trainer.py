@@ -78,11 +78,13 @@ def test_resume_is_exact(calvin_root, tmp_path, resume_at):
     assert resumed.step == 8
     # resumed in its own folder, as after a crash: the log holds each step once, as the uninterrupted run's
     steps = [json.loads(line)["step"] for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    (tmp_path / "full" / "checkpoints" / ".step_0000007.tmp").mkdir()  # a checkpoint a killed run was writing
     train(tiny_calvin_cfg(calvin_root, tmp_path / "full", *common,
                           f"run.resume={tmp_path / 'full' / 'checkpoints' / f'step_{resume_at:07d}'}"),
           fake_policy_factory())
     again = [json.loads(line)["step"] for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert again == steps and max(steps) == 8
+    assert not (tmp_path / "full" / "checkpoints" / ".step_0000007.tmp").exists()
     model, ema, _ = _final_state(full.last_checkpoint)
     assert not torch.equal(model["net.0.weight"], ema["net.0.weight"])  # warm-up decay at step 7 is 0.75: EMA lags
     _assert_same(_final_state(full.last_checkpoint), _final_state(resumed.last_checkpoint))
