@@ -50,6 +50,39 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return stale
 
 
+REPLACED_SUFFIX = ".old"
+
+
+def replace_folder(tmp: str | Path, final: str | Path) -> None:
+    """Rename the completed folder `tmp` to `final`, replacing an older `final`: that one is renamed to `NAME.old`
+    first and removed last, so a run killed in between leaves a complete copy under one of the two names, which
+    `restore_replaced_folders` puts back."""
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(final.name + REPLACED_SUFFIX)
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_replaced_folders(folder: str | Path) -> list[Path]:
+    """Undo what a kill inside `replace_folder` left in `folder`: a `NAME.old` whose `NAME` is missing is renamed back
+    (a pointer may name it), one whose `NAME` exists is removed. Returns the folders renamed back."""
+    restored = []
+    for old in sorted(Path(folder).glob(f"*{REPLACED_SUFFIX}")) if Path(folder).is_dir() else []:
+        final = old.with_name(old.name[: -len(REPLACED_SUFFIX)])
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+            restored.append(final)
+    return restored
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     with atomic_write(path) as tmp:
         torch.save(obj, tmp)

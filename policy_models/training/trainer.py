@@ -70,7 +70,12 @@ from vpp_core.config import (
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.gc_freeze import FrozenHeap
 from vpp_core.input_wait import InputWaitMeter
-from vpp_core.io import append_jsonl, drop_jsonl_records_after, remove_stale_temporaries
+from vpp_core.io import (
+    append_jsonl,
+    drop_jsonl_records_after,
+    remove_stale_temporaries,
+    restore_replaced_folders,
+)
 from vpp_core.memory import peak_memory_record
 from vpp_core.seeding import seed_everything
 
@@ -222,7 +227,8 @@ class Trainer:
     def _setup_logging(self) -> None:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.run_dir / "checkpoints")  # a checkpoint a killed run was writing
+            restore_replaced_folders(self.run_dir / "checkpoints")  # what a kill left of a checkpoint or its rename
+            remove_stale_temporaries(self.run_dir / "checkpoints")
             handler = logging.FileHandler(self.run_dir / "log.txt")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)

@@ -137,3 +137,25 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     assert [p.name for p in removed] == [".sequence_0001.mp4.pu6kko9g.tmp", ".step_0000014.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "results.jsonl", "step_0000007"]
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_a_folder_replacement_killed_halfway_is_put_back(tmp_path):
+    from vpp_core.io import replace_folder, restore_replaced_folders
+
+    def folder(name: str, text: str):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_text(text)
+
+    folder("step_8", "first")
+    folder(".step_8.tmp", "second")
+    replace_folder(tmp_path / ".step_8.tmp", tmp_path / "step_8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_8"]
+    assert (tmp_path / "step_8" / "model.safetensors").read_text() == "second"
+    # killed after the old copy was moved aside: the pointer's folder is missing, its complete copy is put back
+    (tmp_path / "step_8").rename(tmp_path / "step_8.old")
+    folder("step_9", "third")
+    folder("step_9.old", "stale")
+    assert restore_replaced_folders(tmp_path) == [tmp_path / "step_8"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_8", "step_9"]
+    assert (tmp_path / "step_8" / "model.safetensors").read_text() == "second"
+    assert (tmp_path / "step_9" / "model.safetensors").read_text() == "third"
