@@ -38,6 +38,7 @@ class PolicyClient:
         self.uri = f"ws://{host_part}:{port}"
         self.token = token
         self.timeout = timeout
+        self._ws = None
         deadline = time.monotonic() + connect_retry_s
         while True:
             try:
@@ -54,9 +55,17 @@ class PolicyClient:
         request: dict[str, Any] = {"observation": observation, "instruction": instruction}
         if self.token is not None:
             request["token"] = self.token
+        if self._ws is None:
+            raise PolicyServerError("connection", "closed after an earlier request timed out; make a new PolicyClient")
         t0 = time.perf_counter()
         self._ws.send(packb(request))
-        reply = unpackb(self._ws.recv(timeout=self.timeout), what="reply")
+        try:
+            message = self._ws.recv(timeout=self.timeout)
+        except TimeoutError:
+            # the late reply would otherwise be read as the answer to the next request: actions for an old state
+            self.close()
+            raise
+        reply = unpackb(message, what="reply")
         if not isinstance(reply, dict):
             raise PolicyServerError("reply", f"expected a map, got {type(reply).__name__}")
         if "error" in reply:
@@ -66,7 +75,9 @@ class PolicyClient:
         return reply
 
     def close(self) -> None:
-        self._ws.close()
+        if self._ws is not None:
+            self._ws.close()
+            self._ws = None
 
     def __enter__(self) -> PolicyClient:
         return self

@@ -214,6 +214,8 @@ class PolicyServer:
                                           f"got {state.shape}")
             if not np.all(np.isfinite(state)):
                 raise RequestError(field, "contains NaN or inf")
+            if np.abs(state).max(initial=0.0) > np.finfo(np.float32).max:  # would become inf as float32
+                raise RequestError(field, "has values beyond the float32 range")
             state = state.reshape(1, self.state_dim).astype(np.float32)
             if self.stats is not None:
                 state = self.stats.normalize_state(state).astype(np.float32)
@@ -225,9 +227,11 @@ class PolicyServer:
             raise RequestError("instruction", f"longer than {self.max_instruction_chars} characters")
         return policy_obs, instruction
 
-    def infer(self, policy_obs: dict[str, Any], instruction: str) -> tuple[np.ndarray, dict[str, float]]:
-        """Run the policy (thread-safe); returns ((chunk_length, action_dim) float32, timing)."""
-        t_wait = time.perf_counter()
+    def infer(self, policy_obs: dict[str, Any], instruction: str,
+              queued_at: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Run the policy (thread-safe); returns ((chunk_length, action_dim) float32, timing). `queued_at`
+        (time.perf_counter) is when the request was handed to the worker, so that `wait_ms` includes its queue."""
+        t_wait = time.perf_counter() if queued_at is None else queued_at
         with self._lock:
             t0 = time.perf_counter()
             with _no_grad():
@@ -243,6 +247,8 @@ class PolicyServer:
                                f"(1, {self.chunk_length}, {self.action_dim})")
         if self.stats is not None:
             actions = np.asarray(self.stats.denormalize_action(actions), dtype=np.float32)
+        if not np.all(np.isfinite(actions)):  # never send a robot NaN or inf targets
+            raise RuntimeError("the policy returned non-finite actions")
         return actions, {"wait_ms": (t0 - t_wait) * 1e3, "infer_ms": (t1 - t0) * 1e3}
 
     def warm_up(self, instruction: str = "warm up") -> float:
@@ -282,8 +288,11 @@ class PolicyServer:
             return {"error": {"field": e.field, "message": e.message}}
         loop = asyncio.get_running_loop()
         try:
-            actions, timing = await loop.run_in_executor(self._executor, self.infer, policy_obs, instruction)
-        except Exception as e:  # the model failed: answer, log, keep serving
+            actions, timing = await loop.run_in_executor(self._executor, self.infer, policy_obs, instruction,
+                                                         time.perf_counter())
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except BaseException as e:  # the model failed (even with SystemExit): answer, log, keep serving
             log.exception("inference failed")
             self.requests_rejected += 1
             return {"error": {"field": "policy", "message": f"inference failed: {type(e).__name__}: {e}"}}

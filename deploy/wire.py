@@ -8,6 +8,7 @@ Any msgpack implementation can produce these maps, so non-Python clients need no
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -15,6 +16,7 @@ import numpy as np
 
 NDARRAY_TAG = "__ndarray__"
 MAX_NDIM = 8
+MAX_DEPTH = 32  # nesting of maps and lists; a request is about three deep
 # little-endian / byte-order-free numeric dtypes only
 ALLOWED_DTYPES = frozenset({"|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8"})
 
@@ -60,19 +62,24 @@ def _decode_array(d: dict, path: str) -> np.ndarray:
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
         raise WireError(path, f"ndarray shape must be a list of at most {MAX_NDIM} non-negative ints, got {shape!r}")
     dt = np.dtype(dtype)
-    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    expected = math.prod(shape) * dt.itemsize  # Python ints: numpy's int64 product wraps around for absurd shapes
     if expected != len(data):
         raise WireError(path, f"ndarray of dtype {dtype} and shape {shape} needs {expected} bytes, got {len(data)}")
-    return np.frombuffer(data, dtype=dt).reshape(shape).copy()  # writable copy, native layout
+    try:
+        return np.frombuffer(data, dtype=dt).reshape(shape).copy()  # writable copy, native layout
+    except ValueError as e:  # an empty array with dimensions numpy cannot index
+        raise WireError(path, f"ndarray shape {shape} is not usable ({e})") from None
 
 
-def _walk(obj: Any, path: str) -> Any:
+def _walk(obj: Any, path: str, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:  # msgpack itself nests deeper than Python's recursion allows here
+        raise WireError(path or "message", f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(obj, dict):
         if NDARRAY_TAG in obj:
             return _decode_array(obj, path)
-        return {k: _walk(v, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
+        return {k: _walk(v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_walk(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        return [_walk(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(obj)]
     return obj
 
 

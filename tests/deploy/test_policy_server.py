@@ -55,6 +55,12 @@ def test_wire_round_trip_and_rejects():
         unpackb(packb({"x": {NDARRAY_TAG: b"\x00" * 8, "dtype": "<f4", "shape": [4]}}))
     with pytest.raises(TypeError):
         packb({"x": np.array([object()])})
+    # shapes whose int64 product wraps around, or that numpy cannot index: named, not a crash of the handler
+    for shape in ([2**32, 2**32], [2**62, 4, 0], [2**63 + 5, 0]):
+        with pytest.raises(WireError, match=r"^x: ndarray"):
+            unpackb(packb({"x": {NDARRAY_TAG: b"", "dtype": "|u1", "shape": shape}}))
+    with pytest.raises(WireError, match="nested more than 32 levels deep"):
+        unpackb(b"\x91" * 990 + b"\x01")  # valid msgpack, deeper than Python's recursion
 
 
 def test_round_trip_metadata_and_actions(served):
@@ -236,6 +242,10 @@ class _FlakyPolicy(FakePolicy):
     def predict_action_chunk(self, obs, instruction):
         if instruction == "boom":
             raise RuntimeError("exploded")
+        if instruction == "exit":
+            raise SystemExit(3)
+        if instruction == "nan":
+            return np.full((1, 10, 7), np.nan, np.float32)
         if instruction == "shape":
             return np.zeros((1, 2, 2), np.float32)
         return super().predict_action_chunk(obs, instruction)
@@ -247,7 +257,49 @@ def test_policy_failure_is_reported_and_server_keeps_serving():
             client.infer(good_obs(), "boom")
         with pytest.raises(PolicyServerError, match=r"policy: .*shape \(1, 2, 2\)"):
             client.infer(good_obs(), "shape")
+        with pytest.raises(PolicyServerError, match="policy: inference failed: RuntimeError: .*non-finite actions"):
+            client.infer(good_obs(), "nan")  # never sent to a robot
+        with pytest.raises(PolicyServerError, match="policy: inference failed: SystemExit: 3"):
+            client.infer(good_obs(), "exit")  # the server's loop survives it
         assert client.infer(good_obs(), "fine")["actions"].shape == (10, 7)
+
+
+def test_state_beyond_float32_range_is_refused():
+    policy = FakePolicy(cameras=("cam",), action_dim=4, chunk_length=3, state_dim=4)
+    with PolicyServer(policy, port=0).start_in_thread() as t, PolicyClient(port=t.port) as client:
+        obs = {"rgb_obs": {"cam": np.zeros((8, 8, 3), np.uint8)}, "state_obs": np.array([1e300, 0, 0, 0])}
+        with pytest.raises(PolicyServerError, match=r"observation\.state_obs: has values beyond the float32 range"):
+            client.infer(obs, "go")
+
+
+def test_a_timed_out_client_never_reads_the_late_reply_as_the_next_answer():
+    policy = FakePolicy(cameras=("cam",), action_dim=4, chunk_length=3, state_dim=4, delay_s=0.5)
+    with PolicyServer(policy, port=0).start_in_thread() as t:
+        client = PolicyClient(port=t.port, timeout=0.1)
+        obs = {"rgb_obs": {"cam": np.zeros((8, 8, 3), np.uint8)}, "state_obs": np.ones(4)}
+        with pytest.raises(TimeoutError):
+            client.infer(obs, "go")
+        with pytest.raises(PolicyServerError, match="connection: closed after an earlier request timed out"):
+            client.infer(obs, "go")
+        client.close()  # idempotent
+
+
+def test_wait_ms_counts_the_queue_behind_other_requests():
+    policy = FakePolicy(cameras=("cam",), action_dim=4, chunk_length=3, delay_s=0.2)
+    with PolicyServer(policy, port=0).start_in_thread() as t:
+        obs = {"rgb_obs": {"cam": np.zeros((8, 8, 3), np.uint8)}}
+        waits = []
+
+        def ask():
+            with PolicyClient(port=t.port) as client:
+                waits.append(client.infer(obs, "go")["server_timing"]["wait_ms"])
+
+        threads = [threading.Thread(target=ask) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert max(waits) > 150  # the last of three waited for at least one 200 ms chunk before it
 
 
 def test_server_rejects_bad_setup():
