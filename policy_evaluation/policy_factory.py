@@ -51,20 +51,16 @@ def check_calvin_embodiment(checkpoint_dir: str | Path) -> None:
     """Refuse, before any process or model starts, a checkpoint trained for another robot: the CALVIN protocol (and
     the built-in simulator, which follows it) gives the static and gripper cameras and takes 7-D actions, without a
     state token. Raises CheckpointError naming the checkpoint's embodiment."""
-    from policy_models.checkpoints import CheckpointError, load_policy_config
+    from policy_models.checkpoints import CheckpointError, checkpoint_embodiment
     from policy_models.config import EmbodimentConfig
 
-    cfg = load_policy_config(checkpoint_dir)
-    calvin = EmbodimentConfig()
-    found = cfg.get("embodiment") or {}
-    cameras = list(found.get("cameras", calvin.cameras))
-    action_dim, state_dim = found.get("action_dim", calvin.action_dim), found.get("state_dim", calvin.state_dim)
-    if cameras != calvin.cameras or action_dim != calvin.action_dim or state_dim != calvin.state_dim:
+    calvin, found = EmbodimentConfig(), checkpoint_embodiment(checkpoint_dir)
+    if (found.cameras, found.action_dim, found.state_dim) != (calvin.cameras, calvin.action_dim, calvin.state_dim):
         raise CheckpointError(
-            f"{checkpoint_dir} holds a policy for embodiment {found.get('name', calvin.name)!r} (cameras {cameras}, "
-            f"{action_dim}-D actions, state_dim {state_dim}); the CALVIN evaluator needs cameras {calvin.cameras}, "
-            f"{calvin.action_dim}-D actions and no state. Deploy other robots' policies with step3_deploy_real_xbot.py "
-            "or the policy server (docs/CUSTOM_ROBOT.md)"
+            f"{checkpoint_dir} holds a policy for embodiment {found.name!r} (cameras {found.cameras}, "
+            f"{found.action_dim}-D actions, state_dim {found.state_dim}); the CALVIN evaluator needs cameras "
+            f"{calvin.cameras}, {calvin.action_dim}-D actions and no state. Deploy other robots' policies with "
+            "step3_deploy_real_xbot.py or the policy server (docs/CUSTOM_ROBOT.md)"
         )
 
 

@@ -144,14 +144,20 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read weights file {path} (truncated or not safetensors): {exc}") from exc
 
 
+def checkpoint_embodiment(checkpoint_dir: str | Path) -> EmbodimentConfig:
+    """The embodiment block of a checkpoint's config.yaml (CALVIN's defaults for keys it lacks), read without the
+    model block, so that a robot mismatch can be named before anything is built."""
+    block = load_policy_config(checkpoint_dir).get("embodiment") or {}
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EmbodimentConfig), block))
+    except Exception as exc:  # omegaconf's errors name the offending key
+        raise CheckpointError(f"{checkpoint_dir}: invalid embodiment block in its config: {exc}") from exc
+
+
 def check_embodiment(checkpoint_dir: str | Path, embodiment: EmbodimentConfig, purpose: str) -> None:
     """Before loading a checkpoint's weights into a policy built from another config: a checkpoint of another robot
     (cameras, action or state width, chunk length) is named as such, rather than as a list of mis-shaped tensors."""
-    block = load_policy_config(checkpoint_dir).get("embodiment") or {}
-    try:
-        theirs: EmbodimentConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EmbodimentConfig), block))
-    except Exception as exc:  # omegaconf's errors name the offending key
-        raise CheckpointError(f"{checkpoint_dir}: invalid embodiment block in its config: {exc}") from exc
+    theirs = checkpoint_embodiment(checkpoint_dir)
     fields = ("cameras", "action_dim", "state_dim", "chunk_length")
     differences = [f"{name} {getattr(theirs, name)} vs {getattr(embodiment, name)}" for name in fields
                    if getattr(theirs, name) != getattr(embodiment, name)]

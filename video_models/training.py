@@ -57,14 +57,7 @@ from vpp_core.config import (
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.gc_freeze import FrozenHeap
 from vpp_core.input_wait import InputWaitMeter
-from vpp_core.io import (
-    append_jsonl,
-    atomic_json_dump,
-    drop_jsonl_records_after,
-    remove_stale_temporaries,
-    replace_folder,
-    restore_replaced_folders,
-)
+from vpp_core.io import append_jsonl, atomic_json_dump, drop_jsonl_records_after, recover_from_a_kill, replace_folder
 from vpp_core.memory import peak_memory_record
 from vpp_core.precision import mixed_precision_name, resolve_dtype
 from vpp_core.seeding import seed_everything
@@ -469,8 +462,7 @@ class Stage1Trainer:
             self.run_dir = Path(cfg.run_dir) if cfg.run_dir else _new_run_dir(acc, output_dir)
         if acc.is_main_process:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-            restore_replaced_folders(self.run_dir)  # what a kill left of a checkpoint or its rename
-            remove_stale_temporaries(self.run_dir)
+            recover_from_a_kill(self.run_dir)
             save_config(cfg, self.run_dir / "config.yaml")
         self.metrics_path = self.run_dir / "metrics.jsonl"
 

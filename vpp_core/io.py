@@ -83,6 +83,13 @@ def restore_replaced_folders(folder: str | Path) -> list[Path]:
     return restored
 
 
+def recover_from_a_kill(folder: str | Path) -> None:
+    """Before a resumed run writes into `folder`: put back what a kill inside `replace_folder` left, then delete the
+    `.NAME.tmp` leftovers (`restore_replaced_folders`, `remove_stale_temporaries`)."""
+    restore_replaced_folders(folder)
+    remove_stale_temporaries(folder)
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     with atomic_write(path) as tmp:
         torch.save(obj, tmp)

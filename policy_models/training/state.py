@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from policy_models.checkpoints import CheckpointError
-from vpp_core.io import atomic_json_dump, atomic_torch_save, atomic_write, replace_folder
+from vpp_core.io import atomic_json_dump, atomic_torch_save, atomic_write
 
 TRAINING_STATE = "training_state"
 CKPT_RE = re.compile(r"^step_(\d{7,})$")
@@ -144,7 +144,3 @@ def prune_checkpoints(run_dir: Path, keep_last: int | None, protect: list[Path |
             shutil.rmtree(p, ignore_errors=True)
 
 
-def finalize_checkpoint(tmp: Path, final: Path) -> None:
-    """Rename a completed temporary checkpoint folder into place (replacing an older one of the same step, safely:
-    `vpp_core.io.replace_folder`)."""
-    replace_folder(tmp, final)

@@ -48,7 +48,6 @@ from policy_models.training.sampler import ShardedEpochSampler
 from policy_models.training.state import (
     TrainerState,
     checkpoint_name,
-    finalize_checkpoint,
     load_torch,
     load_trainer_state,
     prune_checkpoints,
@@ -70,12 +69,7 @@ from vpp_core.config import (
 from vpp_core.ddp import ddp_kwargs_handlers
 from vpp_core.gc_freeze import FrozenHeap
 from vpp_core.input_wait import InputWaitMeter
-from vpp_core.io import (
-    append_jsonl,
-    drop_jsonl_records_after,
-    remove_stale_temporaries,
-    restore_replaced_folders,
-)
+from vpp_core.io import append_jsonl, drop_jsonl_records_after, recover_from_a_kill, replace_folder
 from vpp_core.memory import peak_memory_record
 from vpp_core.seeding import seed_everything
 
@@ -227,8 +221,7 @@ class Trainer:
     def _setup_logging(self) -> None:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            restore_replaced_folders(self.run_dir / "checkpoints")  # what a kill left of a checkpoint or its rename
-            remove_stale_temporaries(self.run_dir / "checkpoints")
+            recover_from_a_kill(self.run_dir / "checkpoints")
             handler = logging.FileHandler(self.run_dir / "log.txt")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)
@@ -307,7 +300,7 @@ class Trainer:
         save_rng(tmp, self.rank)
         acc.wait_for_everyone()
         if self.is_main:
-            finalize_checkpoint(tmp, final)
+            replace_folder(tmp, final)
             if self.state.best_checkpoint == final.name:
                 # before `last`: a run killed between the two resumes from this checkpoint with its best_val, and
                 # would never write `best` for it again
