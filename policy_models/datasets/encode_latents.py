@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
     from policy_models.tvp_encoder import input_resolution
-    from video_models.builders import ModelFolderError, check_video_model_folder
+    from video_models.builders import ModelFolderError, check_video_model_folder, load_pretrained
     from vpp_core.precision import resolve_dtype
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -160,11 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtype = resolve_dtype(args.video_dtype, args.device)
     try:
         folder = check_video_model_folder(args.video_model_path)
+        # only the autoencoder's weights are needed; the U-Net's config gives the image size
+        vae = load_pretrained(AutoencoderKLTemporalDecoder, folder, "vae", torch_dtype=dtype).to(args.device)
     except ModelFolderError as exc:
         log.error("%s", exc)
         return 2
-    # only the autoencoder's weights are needed; the U-Net's config gives the image size
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(folder, subfolder="vae", torch_dtype=dtype).to(args.device)
     image_size = input_resolution(UNetSpatioTemporalConditionModel.load_config(folder, subfolder="unet")["sample_size"],
                                   vae)
     try:

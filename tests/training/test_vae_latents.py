@@ -5,6 +5,7 @@ refused rather than used."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -38,6 +39,11 @@ def _identity(policy):
 def test_cli_latents_are_the_policys_own_encoding(calvin_root, tiny_model_dirs, policy, tmp_path):
     split = calvin_root / "training"
     assert main(["--root", str(calvin_root), "--video_model_path", str(tmp_path / "nothing"), "--device", "cpu"]) == 2
+    cut = tmp_path / "cut-svd"  # its autoencoder's weights cut short by a copy: one error line, not a traceback
+    shutil.copytree(tiny_model_dirs[0], cut)
+    weights = next((cut / "vae").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["--root", str(calvin_root), "--video_model_path", str(cut), "--device", "cpu"]) == 2
     assert not (split / LATENTS_DIR).exists()
     assert main(["--root", str(calvin_root), "--video_model_path", str(tiny_model_dirs[0]), "--video_dtype", "fp32",
                  "--device", "cpu", "--workers", "0", "--batch", "1", "--no_progress"]) == 0
