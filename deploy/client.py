@@ -6,11 +6,17 @@ import inspect
 import time
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from deploy.wire import packb, unpackb
 
 _CONNECT_KW = {"proxy": None} if "proxy" in inspect.signature(connect).parameters else {}
+
+
+def _reason(closed: ConnectionClosed) -> str:
+    """The server's close reason if it gave one, else websockets' description of the closure."""
+    return closed.rcvd.reason if closed.rcvd is not None and closed.rcvd.reason else str(closed)
 
 
 class PolicyServerError(RuntimeError):
@@ -49,7 +55,12 @@ class PolicyClient:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)
-        self.metadata: dict[str, Any] = unpackb(self._ws.recv(timeout=open_timeout), what="metadata")
+        try:
+            greeting = self._ws.recv(timeout=open_timeout)
+        except ConnectionClosed as e:  # e.g. 1013: the server has max_clients connections already
+            self._ws = None
+            raise PolicyServerError("connection", f"the server closed the connection: {_reason(e)}") from None
+        self.metadata: dict[str, Any] = unpackb(greeting, what="metadata")
 
     def infer(self, observation: dict[str, Any], instruction: str) -> dict[str, Any]:
         request: dict[str, Any] = {"observation": observation, "instruction": instruction}
@@ -58,13 +69,17 @@ class PolicyClient:
         if self._ws is None:
             raise PolicyServerError("connection", "closed after an earlier request timed out; make a new PolicyClient")
         t0 = time.perf_counter()
-        self._ws.send(packb(request))
         try:
+            self._ws.send(packb(request))
             message = self._ws.recv(timeout=self.timeout)
         except TimeoutError:
             # the late reply would otherwise be read as the answer to the next request: actions for an old state
             self.close()
             raise
+        except ConnectionClosed as e:  # e.g. the server's idle_timeout_s, or the server stopped
+            self._ws = None
+            raise PolicyServerError("connection", f"the server closed the connection ({_reason(e)}); make a new "
+                                                  "PolicyClient") from None
         reply = unpackb(message, what="reply")
         if not isinstance(reply, dict):
             raise PolicyServerError("reply", f"expected a map, got {type(reply).__name__}")

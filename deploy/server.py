@@ -21,6 +21,8 @@ robot adds to the state it sent (see deploy/robot_loop_example.py, policy_models
 
 The default bind address is 127.0.0.1; serving on a network (``--host 0.0.0.0``) should use ``--token`` (or the
 ``VPP_POLICY_TOKEN`` environment variable) and a trusted network or an SSH tunnel: the transport is plain ws://.
+At most ``--max_clients`` connections are open at once (more are closed with code 1013 and the reason), and
+``--idle_timeout_s`` closes connections that stay silent that long (off by default).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from deploy import PROTOCOL_VERSION, __version__
 from deploy.wire import WireError, packb, unpackb
@@ -83,12 +85,17 @@ class PolicyServer:
         token: shared secret every request must carry (``None``: no token).
         max_request_bytes: larger requests get an error reply; requests beyond twice that size close the
             connection (websocket close code 1009) without being buffered.
+        max_clients: connections beyond this many at once are closed at once with code 1013 ("try again later")
+            and a reason naming the limit, so idle or forgotten clients cannot pile up without bound.
+        idle_timeout_s: close a connection that sends nothing for this long (code 1000, reason "idle"); ``None``
+            (default) keeps idle connections open, since a robot may wait minutes between episodes.
     """
 
     def __init__(self, policy: Any, *, stats: Any = "auto", host: str = "127.0.0.1", port: int = 8000,
                  token: str | None = None, max_request_bytes: int = 32 * 2**20,
                  image_shapes: Mapping[str, Sequence[int]] | None = None, max_image_side: int = 4096,
-                 max_instruction_chars: int = 2048, name: str = "vpp-policy"):
+                 max_instruction_chars: int = 2048, max_clients: int = 16, idle_timeout_s: float | None = None,
+                 name: str = "vpp-policy"):
         emb = getattr(policy, "embodiment", None)
         if emb is None or not hasattr(policy, "predict_action_chunk"):
             raise TypeError("policy must have `predict_action_chunk(obs, instruction)` and an `embodiment`")
@@ -118,6 +125,13 @@ class PolicyServer:
         self.max_request_bytes = int(max_request_bytes)
         self.max_image_side = int(max_image_side)
         self.max_instruction_chars = int(max_instruction_chars)
+        if int(max_clients) < 1:
+            raise ValueError(f"max_clients must be at least 1, got {max_clients}")
+        if idle_timeout_s is not None and not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be positive or None, got {idle_timeout_s}")
+        self.max_clients = int(max_clients)
+        self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
+        self.clients_connected = 0
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
         self.requests_served = 0
@@ -139,6 +153,8 @@ class PolicyServer:
             "chunk_length": self.chunk_length,
             "max_request_bytes": self.max_request_bytes,
             "max_instruction_chars": self.max_instruction_chars,
+            "max_clients": self.max_clients,
+            "idle_timeout_s": self.idle_timeout_s,
             "token_required": self.token is not None,
             "request_keys": {"observation": {"rgb_obs": list(self.cameras),
                                              **({"state_obs": [self.state_dim]} if self.state_dim else {})},
@@ -302,16 +318,31 @@ class PolicyServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         peer = ws.remote_address
-        log.info("client connected: %s", peer)
+        if self.clients_connected >= self.max_clients:  # one event loop: no other handler runs in between
+            log.warning("refused client %s: %d clients connected (max_clients=%d)", peer, self.clients_connected,
+                        self.max_clients)
+            await ws.close(1013, f"server busy: {self.clients_connected} clients connected (max_clients="
+                                 f"{self.max_clients}); try again later")
+            return
+        self.clients_connected += 1
+        log.info("client connected: %s (%d of at most %d)", peer, self.clients_connected, self.max_clients)
         try:
             await ws.send(packb(self.metadata))
-            async for message in ws:
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), self.idle_timeout_s)
+                except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
+                    log.info("closing client %s: idle for %.0f s", peer, self.idle_timeout_s)
+                    await ws.close(1000, f"idle for {self.idle_timeout_s:g} s (idle_timeout_s)")
+                    return
                 reply = await self.handle_message(message)
                 await ws.send(packb(reply))
+        except ConnectionClosedOK:
+            log.info("client %s disconnected", peer)
         except ConnectionClosed as e:
             log.info("client %s gone (%s)", peer, e)
-        else:
-            log.info("client %s disconnected", peer)
+        finally:
+            self.clients_connected -= 1
 
     def serve(self):
         """The websockets server (an async context manager); bound port in ``.sockets[0].getsockname()[1]``."""
@@ -443,6 +474,11 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=os.environ.get("VPP_POLICY_TOKEN"),
                    help="shared secret required in every request (default: $VPP_POLICY_TOKEN, else none)")
     p.add_argument("--max_request_mb", type=float, default=32.0, help="largest accepted request (MiB)")
+    p.add_argument("--max_clients", type=int, default=16,
+                   help="connections at once; more are closed at once with code 1013 and the reason (default 16)")
+    p.add_argument("--idle_timeout_s", type=float, default=None,
+                   help="close connections silent for this many seconds (default: never; a robot may idle between "
+                   "episodes)")
 
 
 def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
@@ -471,7 +507,8 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,
-                          max_request_bytes=int(args.max_request_mb * 2**20))
+                          max_request_bytes=int(args.max_request_mb * 2**20), max_clients=args.max_clients,
+                          idle_timeout_s=args.idle_timeout_s)
     if not fake and compile_mode is not None:
         log.info("compiling the policy (%s) on a blank request before serving: minutes at full size (--compile none "
                  "serves at once, with slower chunks)", compile_mode)

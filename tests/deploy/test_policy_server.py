@@ -71,6 +71,7 @@ def test_round_trip_metadata_and_actions(served):
         assert md["image_shapes"] == {"rgb_static": [200, 200, 3], "rgb_gripper": [84, 84, 3]}
         assert (md["action_dim"], md["chunk_length"], md["state_dim"]) == (7, 10, 0)
         assert md["token_required"] is True and md["server_version"] and md["protocol_version"] == 1
+        assert (md["max_clients"], md["idle_timeout_s"]) == (16, None)
         obs = good_obs()
         reply = client.infer(obs, "open the drawer")
         assert reply["actions"].shape == (10, 7) and reply["actions"].dtype == np.float32
@@ -308,6 +309,52 @@ def test_server_rejects_bad_setup():
     stats = Stats(state_01=np.zeros(3), state_99=np.ones(3), action_01=np.zeros(3), action_99=np.ones(3))
     with pytest.raises(ValueError, match="action dims"):
         PolicyServer(FakePolicy(), stats=stats)
+    with pytest.raises(ValueError, match="max_clients must be at least 1, got 0"):
+        PolicyServer(FakePolicy(), max_clients=0)
+    with pytest.raises(ValueError, match="idle_timeout_s must be positive or None, got 0"):
+        PolicyServer(FakePolicy(), idle_timeout_s=0)
+
+
+def _connect_within(port: int, seconds: float) -> PolicyClient:
+    """A client, retrying while the server still counts a connection that has just been closed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return PolicyClient(port=port)
+        except PolicyServerError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_connections_beyond_max_clients_are_refused_with_the_reason():
+    policy = FakePolicy(cameras=("cam",), action_dim=4, chunk_length=3)
+    obs = {"rgb_obs": {"cam": np.zeros((8, 8, 3), np.uint8)}}
+    with PolicyServer(policy, port=0, max_clients=2).start_in_thread() as t:
+        first, second = PolicyClient(port=t.port), raw_connect(t.port)
+        busy = r"connection: .*server busy: 2 clients connected \(max_clients=2\)"
+        with pytest.raises(PolicyServerError, match=busy):
+            PolicyClient(port=t.port)
+        assert first.infer(obs, "go")["actions"].shape == (3, 4)  # those connected are still served
+        second.close()
+        with _connect_within(t.port, 10) as third:  # a freed place is given to the next client
+            assert third.infer(obs, "go")["actions"].shape == (3, 4)
+        first.close()
+
+
+def test_idle_connections_are_closed_after_idle_timeout_s_and_active_ones_are_not():
+    policy = FakePolicy(cameras=("cam",), action_dim=4, chunk_length=3)
+    obs = {"rgb_obs": {"cam": np.zeros((8, 8, 3), np.uint8)}}
+    with PolicyServer(policy, port=0, idle_timeout_s=0.6, max_clients=2).start_in_thread() as t:
+        idle, active = PolicyClient(port=t.port), PolicyClient(port=t.port)
+        for _ in range(12):  # 1.2 s of requests 0.1 s apart: never idle for 0.6 s
+            assert active.infer(obs, "go")["actions"].shape == (3, 4)
+            time.sleep(0.1)
+        with pytest.raises(PolicyServerError, match=r"connection: the server closed the connection \(idle for 0.6 s"):
+            idle.infer(obs, "go")
+        with _connect_within(t.port, 10) as late:  # the idle client's place was freed
+            assert late.infer(obs, "go")["actions"].shape == (3, 4)
+        active.close()
 
 
 def test_robot_loop_example_converges():
@@ -427,12 +474,14 @@ def test_server_command_line_fake(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.server", "--fake", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.server", "--fake", "--port", str(port), "--max_clients", "3",
+                             "--idle_timeout_s", "30"],
                             env={**__import__("os").environ, "VPP_POLICY_TOKEN": "tok"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         with PolicyClient("127.0.0.1", port, token="tok", connect_retry_s=60) as client:
             assert client.metadata["token_required"] is True
+            assert (client.metadata["max_clients"], client.metadata["idle_timeout_s"]) == (3, 30.0)
             assert client.infer(good_obs(), "go")["actions"].shape == (10, 7)
     finally:
         proc.terminate()
