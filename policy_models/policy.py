@@ -678,7 +678,9 @@ class VPPPolicy(nn.Module):
     def use_sdpa_perceiver(self, enabled: bool = True) -> None:
         """Compute the Video Former's Perceiver attention with `F.scaled_dot_product_attention` instead of the
         original's explicit softmax (`policy_models.video_former.PerceiverAttentionLayer`). Same math, other
-        rounding; any device, training included. Off by default until it is timed on the GPU."""
+        rounding; any device, training included. The stage-2 trainer's full-size configs turn it on on CUDA
+        (`training.sdpa_perceiver`: faster steps); inference keeps the explicit path, which was faster at batch 1
+        (docs/PERFORMANCE.md, session 30)."""
         use_sdpa_perceiver(self.Video_Former, enabled)
         self._graphs.clear()
 

@@ -32,8 +32,10 @@ class PerceiverAttentionLayer(nn.Module):
     `use_sdpa` (off by default; `use_sdpa_perceiver` sets it for a whole Video Former) computes the same attention with
     `F.scaled_dot_product_attention`, one kernel that reads the heads of the key and value projections in place. The
     explicit path, the original's, materialises the scores and copies the keys and values into the head-major layout
-    of its two batched products: about 0.3 ms of small kernels in a chunk at batch 1 (docs/PERFORMANCE.md, session 29).
-    Same math, other rounding: the subtracted row maximum leaves the softmax unchanged."""
+    of its two batched products. Same math, other rounding: the subtracted row maximum leaves the softmax unchanged.
+    Timed on an H100 (docs/PERFORMANCE.md, session 30): 2.3% faster stage-2 training steps at batch 32, so the
+    trainer's full-size configs turn it on (`training.sdpa_perceiver`); 0.05-0.09 ms slower in the chunk at batch 1,
+    so inference keeps the explicit path."""
 
     def __init__(self, *, dim: int, dim_head: int = 64, heads: int = 8):
         super().__init__()

@@ -33,7 +33,8 @@ class _First(RobotDataset):
 
 
 # the full-size configs' fast-path defaults
-AUTO_KEYS = [f"training.{k}=auto" for k in ("compile_video_model", "compile_action_head", "short_query_attention")]
+AUTO_KEYS = [f"training.{k}=auto" for k in ("compile_video_model", "compile_action_head", "short_query_attention",
+                                            "sdpa_perceiver")]
 
 
 def _data(n):
@@ -132,8 +133,8 @@ def test_tiny_xbot_train_and_predict(tiny_model_dirs, tmp_path):
 def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_session, tiny_model_dirs, tmp_path,
                                                                      monkeypatch):
     """training.compile_video_model and training.compile_action_head reach the policy's compile methods, and
-    training.short_query_attention the U-Net's attention layers before them; unknown modes and inductor's CUDA-graph
-    modes are config errors before anything is built or written."""
+    training.short_query_attention the U-Net's attention layers and training.sdpa_perceiver the Video Former's before
+    them; unknown modes and inductor's CUDA-graph modes are config errors before anything is built or written."""
     from policy_models.policy import VPPPolicy
     from policy_models.training import trainer
     from vpp_core.config import ConfigError
@@ -144,6 +145,13 @@ def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_s
                             calls.append((_m, mode)))
     monkeypatch.setattr(trainer, "use_short_query_kernels",
                         lambda unet: calls.append(("short_query_attention", type(unet).__name__)))
+    switch_perceiver = VPPPolicy.use_sdpa_perceiver
+
+    def record_perceiver_switch(self, enabled=True):
+        switch_perceiver(self, enabled)
+        calls.append(("sdpa_perceiver", self.sdpa_perceiver))
+
+    monkeypatch.setattr(VPPPolicy, "use_sdpa_perceiver", record_perceiver_switch)
     svd, clip = tiny_model_dirs
     paths = [f"root_data_dir={calvin_root_session}", f"video_model_path={svd}", f"text_encoder_path={clip}"]
     train(_cfg("tiny_calvin.yaml", tmp_path / "plain", *paths, "training.max_steps=1", "training.validate=false"),
@@ -156,9 +164,9 @@ def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_s
     assert calls == []
     train(_cfg("tiny_calvin.yaml", tmp_path / "compiled", *paths, "training.max_steps=1", "training.validate=false",
                "training.compile_video_model=max-autotune-no-cudagraphs", "training.compile_action_head=default",
-               "training.short_query_attention=true"),
+               "training.short_query_attention=true", "training.sdpa_perceiver=true"),
           dataset_factory=_data(2))
-    assert calls == [("short_query_attention", "UNetSpatioTemporalConditionModel"),
+    assert calls == [("short_query_attention", "UNetSpatioTemporalConditionModel"), ("sdpa_perceiver", True),
                      ("compile_video_model", "max-autotune-no-cudagraphs"), ("compile_action_head", "default")]
 
     def no_policy(cfg, device):
@@ -166,7 +174,8 @@ def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_s
 
     for key, value, error in (("compile_video_model", "fast", "null, auto or one of"),
                               ("compile_action_head", "reduce-overhead", "null, auto or one of"),
-                              ("short_query_attention", "sometimes", "true, false or auto")):
+                              ("short_query_attention", "sometimes", "true, false or auto"),
+                              ("sdpa_perceiver", "often", "true, false or auto")):
         with pytest.raises(ConfigError, match=f"training.{key} must be {error}"):  # "+": past the override check
             train(_cfg("tiny_calvin.yaml", tmp_path / key, *paths, f"+training.{key}={value}"),
                   policy_factory=no_policy, dataset_factory=_data(2))
@@ -180,8 +189,8 @@ def test_compile_keys_compile_the_video_passes_and_the_action_head(calvin_root_s
 
 @pytest.mark.gpu
 def test_auto_compile_keys_compile_on_cuda(calvin_root_session, tiny_model_dirs, tmp_path, monkeypatch):
-    """The full-size configs' "auto" on a GPU: the short-query kernels, then both compiled parts (run with
-    `pytest -m gpu tests/training`; the compile calls are recorded, not run)."""
+    """The full-size configs' "auto" on a GPU: the short-query kernels, the SDPA Perceiver, then both compiled parts
+    (run with `pytest -m gpu tests/training`; the compile calls are recorded, not run)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from policy_models.policy import VPPPolicy
@@ -193,12 +202,14 @@ def test_auto_compile_keys_compile_on_cuda(calvin_root_session, tiny_model_dirs,
                             calls.append((_m, mode)))
     monkeypatch.setattr(trainer, "use_short_query_kernels",
                         lambda unet: calls.append(("short_query_attention", unet.device.type)))
+    monkeypatch.setattr(VPPPolicy, "use_sdpa_perceiver",
+                        lambda self, enabled=True: calls.append(("sdpa_perceiver", enabled)))
     svd, clip = tiny_model_dirs
     paths = [f"root_data_dir={calvin_root_session}", f"video_model_path={svd}", f"text_encoder_path={clip}"]
     train(_cfg("tiny_calvin.yaml", tmp_path / "auto", *paths, "training.max_steps=1", "training.validate=false",
                *AUTO_KEYS),
           dataset_factory=_data(2))
-    assert calls == [("short_query_attention", "cuda"), ("compile_video_model", "default"),
+    assert calls == [("short_query_attention", "cuda"), ("sdpa_perceiver", True), ("compile_video_model", "default"),
                      ("compile_action_head", "default")]
     record = json.loads((tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 < record["peak_memory_gib"] <= record["peak_reserved_gib"]  # logged on CUDA
