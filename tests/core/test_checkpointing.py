@@ -23,7 +23,7 @@ def _grads(mode: str) -> tuple[float, dict[str, torch.Tensor]]:
         generator=g,
     )
     loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None}
+    return float(loss.detach()), {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("mode", ["blocks", "layers", "attentions", "resnets"])
