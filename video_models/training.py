@@ -222,6 +222,12 @@ def resolve_train_config(cfg: DictConfig | dict) -> DictConfig:
     checkpointing_mode(merged.gradient_checkpointing, compiled=False)  # checked before anything is built
     if not isinstance(merged.shard_optimizer_states, bool):
         raise ConfigError(f"shard_optimizer_states must be true or false, got {merged.shard_optimizer_states!r}")
+    if merged.train_args.num_frames != merged.train_args.sequence_length:
+        raise ConfigError(
+            f"train_args.num_frames ({merged.train_args.num_frames}) must equal train_args.sequence_length "
+            f"({merged.train_args.sequence_length}): the sample videos predict whole validation clips, whose length "
+            "sequence_length sets; change both to train on other clip lengths"
+        )
     missing = [k for k in REQUIRED if OmegaConf.select(merged, k) in (None, "")]
     if missing:
         raise ConfigError(

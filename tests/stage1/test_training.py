@@ -53,6 +53,10 @@ def test_config_forms_and_validation(caplog):
     with pytest.raises(ConfigError, match=r"train_args.datset"):
         resolve_train_config(load_config(None, [*paths, "train_args.datset=x"]))
     assert cfg.shard_optimizer_states is False
+    with pytest.raises(ConfigError, match=r"train_args.num_frames \(8\) must equal train_args.sequence_length \(16\)"):
+        resolve_train_config(load_config(None, [*paths, "train_args.num_frames=8"]))  # a silent no-op before
+    assert resolve_train_config(load_config(None, [*paths, "train_args.num_frames=8",
+                                                   "train_args.sequence_length=8"])).train_args.num_frames == 8
     with pytest.raises(ConfigError, match=r"shard_optimizer_states must be true or false, got 'zero1'"):
         resolve_train_config(load_config(None, [*paths, "shard_optimizer_states=zero1"]))
     with caplog.at_level(logging.WARNING):
