@@ -29,8 +29,6 @@ import torch
 
 from vpp_core.precision import resolve_dtype
 
-log = logging.getLogger("step1_prepare_latent_data")
-
 
 def load_vae(path: str, device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKLTemporalDecoder

@@ -24,7 +24,6 @@ sequences with the same rules via `generate_sequences(num_sequences, table)`.
 from __future__ import annotations
 
 import itertools
-import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -34,8 +33,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 SEQ_LEN = 5
 

@@ -7,8 +7,7 @@ is used instead of the original's ``temp_seed`` on the global RNG; the stream is
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -91,14 +90,3 @@ def get_env_state_for_initial_condition(initial_condition: Mapping[str, Any]) ->
         scene_obs[18:21] = block_table[1]
     scene_obs[23] = rng.uniform(*BLOCK_ROT_Z_RANGE)
     return NEUTRAL_ROBOT_OBS.copy(), scene_obs
-
-
-@contextlib.contextmanager
-def temp_seed(seed: int) -> Iterator[None]:
-    """The original helper: seed numpy's global RNG inside the block and restore its state afterwards."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)

@@ -31,12 +31,11 @@ class Annotation:
     """The fields of one annotation json that stage 1 uses (states/actions are not kept in memory)."""
 
     path: Path
-    root: Path  # dataset folder that relative paths in the json are relative to
     texts: tuple[str, ...]
     num_frames: int
     episode_id: Any
     latent_paths: tuple[str, ...]
-    video_paths: tuple[str, ...]
+    video_paths: tuple[str, ...]  # what step1_prepare_latent_data encodes
 
     @property
     def text(self) -> str:
@@ -87,9 +86,7 @@ def _path_list(ann: dict, key: str, inner: str, path: Path) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_annotation(
-    ann: Any, path: str | Path, root: str | Path | None = None, require_latents: bool = True
-) -> Annotation:
+def parse_annotation(ann: Any, path: str | Path, require_latents: bool = True) -> Annotation:
     """Validate an already-parsed annotation dict."""
     path = Path(path)
     if not isinstance(ann, dict):
@@ -104,7 +101,6 @@ def parse_annotation(
         )
     return Annotation(
         path=path,
-        root=Path(root) if root is not None else path.parent.parent.parent,
         texts=tuple(texts),
         num_frames=frame_count(ann, path),
         episode_id=ann.get("episode_id"),
@@ -123,9 +119,9 @@ def read_annotation_json(path: str | Path) -> dict:
         raise DatasetError(f"{path}: not valid json ({exc})") from exc
 
 
-def load_annotation(path: str | Path, root: str | Path | None = None, require_latents: bool = True) -> Annotation:
-    """Read and validate `{root}/{annotation_name}/{split}/{id}.json`; `root` defaults to three levels up."""
-    return parse_annotation(read_annotation_json(path), path, root, require_latents)
+def load_annotation(path: str | Path, require_latents: bool = True) -> Annotation:
+    """Read and validate `{root}/{annotation_name}/{split}/{id}.json`."""
+    return parse_annotation(read_annotation_json(path), path, require_latents)
 
 
 def resolve_latent_path(

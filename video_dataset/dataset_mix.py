@@ -274,7 +274,7 @@ class DatasetMix(torch.utils.data.Dataset):
             """The annotation, with the latent files of its sampled cameras checked to exist: a missing file fails
             here, with the other bad annotations, instead of at whichever training step first draws it."""
             try:
-                ann = load_annotation(path, root=root, require_latents=not episode_latents)
+                ann = load_annotation(path, require_latents=not episode_latents)
                 if not episode_latents:
                     for camera in sampled[sampled < len(ann.latent_paths)]:
                         resolve_latent_path(root, ann.latent_paths[camera], self.rules.latent_fallback)

@@ -145,11 +145,10 @@ def prepare_episode(
     out_json = out_root / annotation_name / split / json_path.name
     try:
         ann = read_annotation_json(json_path)
-        parse_annotation(ann, json_path, root, require_latents=False)  # texts and frame-count checks
+        videos = list(parse_annotation(ann, json_path, require_latents=False).video_paths)  # and texts, frame count
     except DatasetError as exc:
         report.failed.append((str(json_path), str(exc)))
         return
-    videos = [v["video_path"] for v in ann.get("videos") or []]
     if not videos:
         report.failed.append((str(json_path), "annotation lists no 'videos'"))
         return

@@ -47,7 +47,6 @@ SVD_SCHEDULER_CONFIG: dict[str, Any] = {
 
 # Subfolders of a StableVideoDiffusionPipeline folder that stage 1 and stage 2 read.
 REQUIRED_SUBFOLDERS = ("unet", "vae", "scheduler")
-PIPELINE_SUBFOLDERS = ("unet", "vae", "scheduler", "image_encoder", "feature_extractor")
 
 
 class ModelFolderError(FileNotFoundError):

@@ -193,10 +193,3 @@ def save_config(cfg: DictConfig, path: str | Path) -> None:
     """Write the fully resolved config next to a checkpoint, atomically."""
     with atomic_write(path) as tmp:
         OmegaConf.save(cfg, tmp, resolve=True)
-
-
-def require_keys(cfg: DictConfig, keys: Sequence[str], source: str) -> None:
-    """Fail early with the names of missing keys instead of a KeyError deep inside a training loop."""
-    missing = [k for k in keys if OmegaConf.select(cfg, k, default=None) is None]
-    if missing:
-        raise ConfigError(f"{source}: missing required config keys {missing}")

@@ -35,7 +35,6 @@ JOINT_UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973]
 
 # Neutral pose: TCP above the middle of the table, pointing down, fingers spread along world x.
 NEUTRAL_TCP_POS = np.array([0.0, -0.25, 0.3])
-NEUTRAL_TCP_ORN = np.array([np.pi, 0.0, np.pi / 2])
 NEUTRAL_JOINTS = np.array([0.0, -0.592405, 0.0, -2.710236, 0.0, 2.117688, 0.785359])
 
 # The internal target position is clipped to this box (calvin_env does not clip; documented deviation).

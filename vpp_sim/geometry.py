@@ -39,33 +39,6 @@ def matrix_to_euler(m) -> np.ndarray:
     return np.array([roll, pitch, yaw])
 
 
-def euler_to_matrix(e) -> np.ndarray:
-    r, p, y = np.asarray(e, dtype=np.float64)
-    cr, sr, cp, sp, cy, sy = np.cos(r), np.sin(r), np.cos(p), np.sin(p), np.cos(y), np.sin(y)
-    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
-    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
-    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def quat_to_euler(q) -> np.ndarray:
-    return matrix_to_euler(quat_to_matrix(q))
-
-
-def euler_to_quat(e) -> np.ndarray:
-    """Quaternion (x, y, z, w) of extrinsic xyz Euler angles."""
-    r, p, y = np.asarray(e, dtype=np.float64) / 2
-    cr, sr, cp, sp, cy, sy = np.cos(r), np.sin(r), np.cos(p), np.sin(p), np.cos(y), np.sin(y)
-    return np.array(
-        [
-            sr * cp * cy - cr * sp * sy,
-            cr * sp * cy + sr * cp * sy,
-            cr * cp * sy - sr * sp * cy,
-            cr * cp * cy + sr * sp * sy,
-        ]
-    )
-
-
 def relative_rotation_euler_deg(q_start, q_end) -> np.ndarray:
     """Euler xyz (degrees) of ``end * start^-1`` — what CALVIN's rotate_object predicate inspects."""
     rel = quat_to_matrix(q_end) @ quat_to_matrix(q_start).T

@@ -5,7 +5,7 @@
   for the chain-of-5 sequence generator.
 - ``get_env_state_for_initial_condition(cond)``: symbolic initial condition -> (robot_obs, scene_obs) for this
   sim, with calvin's rules (shuffled table spots, yaw in pi/2 +- pi/8, FNV-1 seeded RNG).
-- ``sample_initial_condition`` / ``sample_scene_for_task``: varied start scenes for the demonstrations.
+- ``sample_initial_condition`` / ``scene_from_condition``: varied start scenes for the demonstrations.
 """
 
 from __future__ import annotations
@@ -138,8 +138,3 @@ def scene_from_condition(rng: np.random.Generator, cond: dict, yaw_spread: float
             scene[6 + 6 * i : 8 + 6 * i] += rng.uniform(-0.02, 0.02, size=2)
         scene[11 + 6 * i] = rng.uniform(np.pi / 2 - yaw_spread, np.pi / 2 + yaw_spread)
     return scene
-
-
-def block_xy(scene_obs: np.ndarray, color: str) -> np.ndarray:
-    i = COLORS.index(color)
-    return np.asarray(scene_obs[6 + 6 * i : 8 + 6 * i])

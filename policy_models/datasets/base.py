@@ -16,7 +16,6 @@ read by the CALVIN dataset.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
-
-log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):

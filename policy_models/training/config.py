@@ -21,8 +21,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vpp_core.config import ConfigError, apply_overrides, load_config
 
-POLICY_CONF_DIR = Path(__file__).resolve().parent.parent.parent / "policy_conf"
-
 
 def _entry_path(entry, base: Path) -> Path | None:
     if isinstance(entry, str):

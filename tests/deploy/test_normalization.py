@@ -71,6 +71,10 @@ def test_stats_save_load_and_original_format(tmp_path):
                                                    | {k: [1.0, 2.0] for k in ("state_99", "action_99")}))
     orig = Stats.load(tmp_path / "orig.json")
     assert orig.relative_mode == "componentwise" and orig.state_dim == 2
+    state = np.array([0.5, 1.5])  # inside [0, 1] x [1, 2]: no clipping, so the state comes back
+    np.testing.assert_allclose(orig.normalize_state(state), [0.0, 0.0], atol=1e-7)  # the formula's 1e-8 epsilon
+    np.testing.assert_allclose(orig.denormalize_state(orig.normalize_state(state)), state, atol=1e-7)
+    np.testing.assert_allclose(orig.denormalize_action(orig.normalize_action(state)), state, atol=1e-7)
 
 
 def test_stats_errors_name_file_and_field(tmp_path):

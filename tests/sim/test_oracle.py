@@ -56,6 +56,9 @@ def test_push(env_oracle, direction, sign):
     end = _settle(env)
     names = {"push_red_block_right", "push_red_block_left", "push_blue_block_right"}
     assert oracle.get_task_info_for_set(start, end, names) == {f"push_red_block_{direction}"}
+    every_task = oracle.get_task_info(start, end)  # calvin_env's unfiltered form
+    other = "left" if direction == "right" else "right"
+    assert f"push_red_block_{direction}" in every_task and f"push_red_block_{other}" not in every_task
     _move_block(env, "red", dx=-sign * 0.12)
     assert oracle.get_task_info_for_set(start, _settle(env), names) == set()
 

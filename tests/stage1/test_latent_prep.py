@@ -80,6 +80,19 @@ def test_prepare_latents_resume_and_corrupt_video(tmp_path, tiny_vae):
     assert len(train) == 5 + 3
 
 
+def test_malformed_video_lists_are_reported_by_file(tmp_path, tiny_vae):
+    """A 'videos' list of the wrong form, or none, fails that episode with its file named instead of a crash."""
+    root = write_video_dataset(tmp_path, "robo", {"train": [(6, 48, 64), (6, 48, 64), (6, 48, 64)]}, cams=1)
+    for episode, videos in ((1, ["videos/train/1/0.mp4"]), (2, [])):
+        path = root / f"annotation/train/{episode}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "videos": videos}))
+    report = prepare_dataset(root, tiny_vae, options=EncodeOptions(resolution=64, chunk_size=4), progress=False)
+    assert len(report.encoded) == 1
+    failed = dict(report.failed)
+    assert "must be a dict with a non-empty string 'video_path'" in failed[str(root / "annotation/train/1.json")]
+    assert failed[str(root / "annotation/train/2.json")] == "annotation lists no 'videos'"
+
+
 def test_latents_are_seeded_and_mode_option(tmp_path, tiny_vae):
     root = write_video_dataset(tmp_path, "a", {"val": [(5, 40, 40)]})
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
