@@ -22,7 +22,7 @@ from deploy.images import letterbox_4x3  # noqa: F401  (re-exported)
 from deploy.xbot_agent import XbotAgent  # noqa: F401  (re-exported: the original's import path)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     from deploy.server import add_server_args, run_server_from_args

@@ -36,7 +36,7 @@ class FakePolicy:
     def reset(self) -> None:
         pass
 
-    def predict_action_chunk(self, obs: dict[str, Any], instruction):
+    def predict_action_chunk(self, obs: dict[str, Any], instruction: str | list[str]) -> Any:
         if not self._busy.acquire(blocking=False):
             self.overlapping_calls += 1
             self._busy.acquire()

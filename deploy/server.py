@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
@@ -47,6 +47,9 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from deploy import PROTOCOL_VERSION, __version__
 from deploy.wire import WireError, packb, unpackb
+
+if TYPE_CHECKING:
+    from policy_models.normalization import Stats
 
 log = logging.getLogger("deploy.server")
 
@@ -357,7 +360,8 @@ class PolicyServer:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # main thread, unix only
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, server.close)
             await server.serve_forever()
-            log.info("server stopped")
+            log.info("server stopped (requests served: %d, rejected: %d)", self.requests_served,
+                     self.requests_rejected)
 
     def start_in_thread(self) -> ServerThread:
         return ServerThread(self)
@@ -432,7 +436,7 @@ def _no_grad():
 # command line
 
 
-def stats_of(policy: Any):
+def stats_of(policy: Any) -> Stats | None:
     """The normalisation stats a policy carries (``load_policy`` attaches stats.json as ``policy.stats``), or None."""
     stats = getattr(policy, "stats", None)
     if stats is None or hasattr(stats, "normalize_state"):
@@ -521,7 +525,7 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
         server.close()
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_server_args(p)
     p.add_argument("--fake", action="store_true", help="serve deploy.fake_policy.FakePolicy (no model needed)")

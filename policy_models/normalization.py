@@ -30,15 +30,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 EPS = 1e-8
 RELATIVE_MODES = ("componentwise", "compose")
 QUAT_ORDERS = ("xyzw", "wxyz")
 # xbot 38-D layout: right arm pose (xyz + quat) [0:7], right hand [7:19], left arm pose [19:26], left hand [26:38].
 XBOT_ARM_POSE_SLICES: tuple[tuple[int, int], ...] = ((0, 7), (19, 26))
+# a numpy array or a torch tensor (torch is not imported here); the result has the input's type
+ArrayT = TypeVar("ArrayT")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -67,7 +70,7 @@ def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def normalize_bound(x, low, high, clip: bool = True):
+def normalize_bound(x: ArrayT, low: ArrayLike, high: ArrayLike, clip: bool = True) -> ArrayT:
     """``2 * (x - low) / (high - low + 1e-8) - 1``, clipped to [-1, 1]. Works on numpy arrays and torch tensors."""
     lo, hi = _as_like(low, x), _as_like(high, x)
     y = 2.0 * (x - lo) / (hi - lo + EPS) - 1.0
@@ -76,7 +79,7 @@ def normalize_bound(x, low, high, clip: bool = True):
     return y
 
 
-def denormalize_bound(x, low, high):
+def denormalize_bound(x: ArrayT, low: ArrayLike, high: ArrayLike) -> ArrayT:
     """Inverse of :func:`normalize_bound` (inside the bounds): ``(x + 1) / 2 * (high - low) + low``."""
     lo, hi = _as_like(low, x), _as_like(high, x)
     return (x + 1.0) / 2.0 * (hi - lo) + lo
@@ -199,20 +202,21 @@ class Stats:
             raise ValueError(f"'meta' must be a JSON object, got {type(self.meta).__name__}")
 
     # -- normalisation helpers -------------------------------------------------------------------------------------
-    def normalize_state(self, x, clip: bool = True):
+    def normalize_state(self, x: ArrayT, clip: bool = True) -> ArrayT:
         return normalize_bound(x, self.state_01, self.state_99, clip=clip)
 
-    def denormalize_state(self, x):
+    def denormalize_state(self, x: ArrayT) -> ArrayT:
         return denormalize_bound(x, self.state_01, self.state_99)
 
-    def normalize_action(self, x, clip: bool = True):
+    def normalize_action(self, x: ArrayT, clip: bool = True) -> ArrayT:
         return normalize_bound(x, self.action_01, self.action_99, clip=clip)
 
-    def denormalize_action(self, x):
+    def denormalize_action(self, x: ArrayT) -> ArrayT:
         return denormalize_bound(x, self.action_01, self.action_99)
 
 
-def compute_stats(states: np.ndarray, relative: np.ndarray, low: float = 1.0, high: float = 99.0, **kwargs) -> Stats:
+def compute_stats(states: np.ndarray, relative: np.ndarray, low: float = 1.0, high: float = 99.0,
+                  **kwargs: Any) -> Stats:
     """Stats from current states (N, D) and relative actions (N, L, A) (any leading shape; last axis = dimension)."""
     s01, s99 = percentile_bounds(states, low, high)
     a01, a99 = percentile_bounds(relative, low, high)
@@ -282,7 +286,7 @@ def _prepare(actions, state):
     return actions, state
 
 
-def relative_actions(actions, state, mode: str = "componentwise", quat_order: str = "xyzw",
+def relative_actions(actions: ArrayLike, state: ArrayLike, mode: str = "componentwise", quat_order: str = "xyzw",
                      pose_slices: Sequence[tuple[int, int]] = XBOT_ARM_POSE_SLICES) -> np.ndarray:
     """Absolute targets (..., L, D) and the current state (..., D) or (..., 1, D) -> relative actions (..., L, D)."""
     check_relative_mode(mode, quat_order)
@@ -300,7 +304,7 @@ def relative_actions(actions, state, mode: str = "componentwise", quat_order: st
     return rel
 
 
-def absolute_actions(delta, state, mode: str = "componentwise", quat_order: str = "xyzw",
+def absolute_actions(delta: ArrayLike, state: ArrayLike, mode: str = "componentwise", quat_order: str = "xyzw",
                      pose_slices: Sequence[tuple[int, int]] = XBOT_ARM_POSE_SLICES) -> np.ndarray:
     """Inverse of :func:`relative_actions`: raw (de-normalised) deltas (..., L, D) + current state -> targets.
 

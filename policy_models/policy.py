@@ -12,7 +12,7 @@ Sub-module names match the original so the trainable state_dict is `Video_Former
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ from policy_models.diffusion.edm import GCDenoiser, make_sample_density
 from policy_models.diffusion.samplers import get_sampler, get_sigmas, initial_noise
 from policy_models.video_former import PerceiverAttentionLayer, build_video_former, use_sdpa_perceiver
 from vpp_core.side_stream import SideStream
+
+if TYPE_CHECKING:
+    from policy_models.goal_encoder import GoalEncoder
+    from policy_models.tvp_encoder import TVPEncoder
 
 FROZEN_MODULES = ("tvp_encoder", "goal_encoder")
 # DiT parameters that exist (and are saved) but are never trained: pos_emb and goal_emb are unused by design.
@@ -382,7 +386,9 @@ class VPPPolicy(nn.Module):
             loss = mse
         return loss, logs
 
-    def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None):
+    def forward(
+        self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Same as `compute_loss` (so DDP-wrapped policies are called as `policy(batch)`)."""
         return self.compute_loss(batch, generator=generator)
 
@@ -744,7 +750,7 @@ def build_frozen_encoders(
     clip_model_path: str | None = None,
     device: str | torch.device = "cpu",
     video_dtype: torch.dtype | str | None = None,
-):
+) -> tuple[TVPEncoder, GoalEncoder]:
     """Load the frozen video model (unet/vae/scheduler) and CLIP text tower and wrap them as (TVPEncoder,
     GoalEncoder) sharing one text encoder."""
     from policy_models.goal_encoder import GoalEncoder

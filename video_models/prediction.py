@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,11 @@ from video_dataset.annotations import DatasetError, read_annotation_json
 from video_dataset.transforms import preprocess_frames, select_frames, to_uint8_frames
 from vpp_core.config import ConfigError
 from vpp_core.video_io import read_video
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase
+
+    from video_models.pipeline import TextVideoPipeline
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +137,9 @@ def load_episode(dataset_dir: str | Path, episode_id: Any, s: PredictionSettings
 
 
 def predict(
-    pipe,
-    tokenizer,
-    text_encoder,
+    pipe: TextVideoPipeline,
+    tokenizer: PreTrainedTokenizerBase,
+    text_encoder: CLIPTextModelWithProjection,
     first_frames: torch.Tensor | None,
     texts: Sequence[str],
     s: PredictionSettings,
@@ -177,7 +182,9 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_models(video_model_path: str | Path, clip_model_path: str | Path, device: str, dtype: torch.dtype):
+def load_models(
+    video_model_path: str | Path, clip_model_path: str | Path, device: str, dtype: torch.dtype
+) -> tuple[TextVideoPipeline, PreTrainedTokenizerBase, CLIPTextModelWithProjection]:
     from video_models.builders import load_text_encoder
     from video_models.pipeline import TextVideoPipeline
 

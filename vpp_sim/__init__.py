@@ -10,14 +10,21 @@ Entry points:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vpp_sim.env import TabletopEnv
+    from vpp_sim.oracle import TaskOracle
+
 
 def make_sim_env(
     seed: int = 0,
     cameras: tuple[str, ...] = ("static", "gripper"),
     static_size: int = 200,
     gripper_size: int = 84,
-    tasks=None,
-):
+    tasks: Iterable[str] | None = None,
+) -> tuple[TabletopEnv, TaskOracle]:
     """(TabletopEnv, TaskOracle). ``tasks`` limits the oracle (default: all 34 CALVIN task names)."""
     from vpp_sim.env import TabletopEnv
     from vpp_sim.oracle import TaskOracle

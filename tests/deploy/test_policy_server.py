@@ -487,4 +487,4 @@ def test_server_command_line_fake(tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=30)[0].decode()
     assert f"127.0.0.1:{port}" in out and "token required" in out
-    assert proc.returncode == 0 and "server stopped" in out  # SIGTERM shuts down cleanly
+    assert proc.returncode == 0 and "server stopped (requests served: 1, rejected: 0)" in out  # SIGTERM: cleanly
