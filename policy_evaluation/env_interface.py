@@ -1,4 +1,4 @@
-"""Interfaces between the evaluator, the simulators and the policy (binding: .notes/interfaces.md).
+"""Interfaces between the evaluator, the simulators and the policy.
 
 The evaluator only talks to these protocols; it never imports calvin_env or pybullet itself. A factory returns an
 (env, oracle) pair (see `calvin_env_adapter.CalvinEnvFactory` and `suites.SimEnvFactory`).

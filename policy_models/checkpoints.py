@@ -1,6 +1,6 @@
 """Stage-2 checkpoints: save / load policy folders, and convert the released `.pt` files.
 
-Folder layout (interfaces.md):
+Folder layout:
     <dir>/config.yaml          full resolved config (model + embodiment [+ training])
     <dir>/model.safetensors    Video_Former.* + model.inner_model.* (vpp_reference §11.3/11.4 names; no CLIP/SVD)
     <dir>/ema.safetensors      same keys, EMA weights (when EMA is on)
