@@ -14,6 +14,7 @@ generator or a noise tensor is given. Everything runs in the video model's dtype
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,22 +24,25 @@ from policy_models.text_cache import TextFeatureCache
 from video_models.conv_layout import set_conv_weight_layout
 from video_models.text_conditioning import encode_text
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
-def vae_scale_factor(vae) -> int:
+
+def vae_scale_factor(vae: AutoencoderKLTemporalDecoder) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def input_resolution(unet_sample_size: int, vae) -> int:
+def input_resolution(unet_sample_size: int, vae: AutoencoderKLTemporalDecoder) -> int:
     """Input image size: unet.sample_size * vae_scale_factor // 3 (96 * 8 // 3 = 256 for the real model)."""
     return unet_sample_size * vae_scale_factor(vae) // 3
 
 
-def up_block_channels(unet) -> list[int]:
+def up_block_channels(unet: UNetSpatioTemporalConditionModel) -> list[int]:
     """Output channels of each up block: reversed(block_out_channels)."""
     return list(reversed(list(unet.config.block_out_channels)))
 
 
-def tapped_feature_dim(unet, extract_layer_idx: int, use_all_layer: bool) -> int:
+def tapped_feature_dim(unet: UNetSpatioTemporalConditionModel, extract_layer_idx: int, use_all_layer: bool) -> int:
     chans = up_block_channels(unet)
     if not 0 <= extract_layer_idx < len(chans):
         raise ValueError(f"extract_layer_idx {extract_layer_idx} out of range for {len(chans)} up blocks")
@@ -91,7 +95,7 @@ class TVPEncoder(nn.Module):
             module.requires_grad_(False)
             module.eval()
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> TVPEncoder:
         # the frozen models always stay in eval mode
         super().train(mode)
         for module in (self.unet, self.vae, self.text_encoder):

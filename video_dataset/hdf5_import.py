@@ -28,6 +28,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,10 @@ from video_dataset.latent_prep import EncodeOptions, PrepareReport, episode_gene
 from video_dataset.transforms import preprocess_frames, to_uint8_frames
 from vpp_core.io import atomic_json_dump, atomic_torch_save
 from vpp_core.video_io import write_mp4
+
+if TYPE_CHECKING:
+    import h5py
+    from diffusers import AutoencoderKLTemporalDecoder
 
 DEFAULT_STATE_SPEC = "arm_end_pose[:7],hand_qpos[:12],arm_end_pose[7:],hand_qpos[12:]"
 _SPEC_RE = re.compile(r"^\s*([A-Za-z0-9_/]+)\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?\s*$")
@@ -86,7 +91,7 @@ def _decode_image(row) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def read_camera(f, options: Hdf5ImportOptions, cam: str) -> np.ndarray:
+def read_camera(f: h5py.File, options: Hdf5ImportOptions, cam: str) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of one camera, every frame (subsampling happens later)."""
     key = f"{options.observation_group}/images/{cam}"
     if key not in f:
@@ -120,7 +125,7 @@ def _read_text(f, options: Hdf5ImportOptions) -> str:
     return text
 
 
-def read_state(f, options: Hdf5ImportOptions) -> np.ndarray:
+def read_state(f: h5py.File, options: Hdf5ImportOptions) -> np.ndarray:
     obs = f[options.observation_group]
     for name, dim in options.check_dims.items():
         if name in obs and obs[name].shape[-1] != dim:
@@ -168,7 +173,7 @@ def list_hdf5_files(raw_dir: Path, subfolders: Sequence[str] | None) -> list[Pat
 def import_hdf5(
     raw_dir: str | Path,
     out_dir: str | Path,
-    vae=None,
+    vae: AutoencoderKLTemporalDecoder | None = None,
     options: Hdf5ImportOptions | None = None,
     annotation_name: str = "annotation",
     overwrite: bool = False,

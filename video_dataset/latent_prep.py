@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from video_dataset.annotations import (
 from video_dataset.transforms import preprocess_frames
 from vpp_core.io import atomic_json_dump, atomic_torch_save
 from vpp_core.video_io import VideoReadError, read_video
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLTemporalDecoder
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,9 @@ def episode_generator(seed: int, key: str) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
 
 
-def encode_video_frames(vae, frames: np.ndarray, options: EncodeOptions, key: str) -> torch.Tensor:
+def encode_video_frames(
+    vae: AutoencoderKLTemporalDecoder, frames: np.ndarray, options: EncodeOptions, key: str
+) -> torch.Tensor:
     """uint8 RGB frames (T, H, W, 3) -> scaled latents (T, 4, R/8, R/8) float32 (CPU)."""
     from video_models.pipeline import encode_frames
 
@@ -91,7 +97,7 @@ def encode_video_frames(vae, frames: np.ndarray, options: EncodeOptions, key: st
 LATENT_STD_RANGE = (0.3, 3.0)
 
 
-def check_latent_scale(latent: torch.Tensor, vae, report: PrepareReport) -> None:
+def check_latent_scale(latent: torch.Tensor, vae: AutoencoderKLTemporalDecoder, report: PrepareReport) -> None:
     """Warn when the scaled latents are far from unit variance (SVD's released autoencoder gives about 1): a randomly
     initialised autoencoder gives about 0.04, and stage 1 then learns nothing about the conditioning image."""
     std = float(latent.float().std())

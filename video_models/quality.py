@@ -24,10 +24,20 @@ as a feature extractor", not a statement about the paper's model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase
+
+    from video_dataset.dataset_mix import MixRules
+    from video_models.pipeline import TextVideoPipeline
+    from video_models.prediction import PredictionSettings
 
 
 def _as_frames(x: torch.Tensor) -> torch.Tensor:
@@ -155,20 +165,20 @@ def thresholds_dict(t: Thresholds) -> dict[str, float]:
 
 
 def evaluate_datasets(
-    pipe,
-    tokenizer,
-    text_encoder,
-    settings,
-    dataset_dir,
+    pipe: TextVideoPipeline,
+    tokenizer: PreTrainedTokenizerBase,
+    text_encoder: CLIPTextModelWithProjection,
+    settings: PredictionSettings,
+    dataset_dir: str | Path,
     datasets: list[str],
     *,
     split: str = "val",
     num_clips: int = 16,
     batch_size: int = 4,
     camera: int = 0,
-    mix_rules=None,
+    mix_rules: MixRules | Mapping | None = None,
     thresholds: Thresholds | None = None,
-    output_dir=None,
+    output_dir: str | Path | None = None,
     grid_clips: int = 8,
     progress: bool = True,
 ) -> dict:
@@ -177,8 +187,6 @@ def evaluate_datasets(
     Returns {"datasets": {name: summary + passes + reasons}, "ready": bool, "thresholds": ...}; writes
     {output_dir}/{name}_grid.mp4 (ground truth over prediction for the first `grid_clips` clips) when given.
     """
-    from pathlib import Path
-
     import numpy as np
     from tqdm.auto import tqdm
 

@@ -285,7 +285,9 @@ def _collate(items: list[dict]) -> dict[str, Any]:
     }
 
 
-def make_loader(dataset: DatasetMix, batch_size: int, sampler: EpochSampler, num_workers: int):
+def make_loader(
+    dataset: DatasetMix, batch_size: int, sampler: EpochSampler, num_workers: int
+) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         _EpochIndexed(dataset),
         batch_size=batch_size,

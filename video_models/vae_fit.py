@@ -32,10 +32,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLTemporalDecoder
 
 FIT_RECORD = "vae_fit.json"
 
@@ -81,7 +85,7 @@ def load_clips(videos: list[Path], resolution: int, clip_length: int, clips_per_
 
 
 @torch.no_grad()
-def scaled_latent_std(vae, frames: torch.Tensor, batch_size: int = 64) -> float:
+def scaled_latent_std(vae: AutoencoderKLTemporalDecoder, frames: torch.Tensor, batch_size: int = 64) -> float:
     """Standard deviation of the scaled posterior means (what stage 1 denoises) over uint8 frames (N, R, R, 3)."""
     from video_dataset.transforms import to_model_range
 
@@ -93,7 +97,7 @@ def scaled_latent_std(vae, frames: torch.Tensor, batch_size: int = 64) -> float:
 
 
 @torch.no_grad()
-def calibrate_latent_scale(vae, frames: torch.Tensor, target_std: float = 1.0) -> float:
+def calibrate_latent_scale(vae: AutoencoderKLTemporalDecoder, frames: torch.Tensor, target_std: float = 1.0) -> float:
     """Rescale the encoder's posterior mean by k so the scaled latents have `target_std` on `frames`; the decoder's
     input convolution takes 1/k, so decode(mean) is unchanged. The scaling factor in the config stays SVD's.
 
@@ -109,8 +113,8 @@ def calibrate_latent_scale(vae, frames: torch.Tensor, target_std: float = 1.0) -
     return k
 
 
-def fit_autoencoder(vae, clips: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 5e-4,
-                    kl_weight: float = 1e-6, seed: int = 0, progress: bool = True) -> list[float]:
+def fit_autoencoder(vae: AutoencoderKLTemporalDecoder, clips: torch.Tensor, steps: int, batch_size: int = 16,
+                    lr: float = 5e-4, kl_weight: float = 1e-6, seed: int = 0, progress: bool = True) -> list[float]:
     """Train encoder and decoder on uint8 clips (N, T, R, R, 3): reconstruct each clip through a posterior sample,
     decoding its T frames together (the temporal decoder mixes neighbouring frames). Returns the loss every step."""
     from video_dataset.transforms import to_model_range
@@ -141,7 +145,7 @@ def fit_autoencoder(vae, clips: torch.Tensor, steps: int, batch_size: int = 16, 
     return losses
 
 
-def save_vae_in_place(vae, model_dir: Path) -> None:
+def save_vae_in_place(vae: AutoencoderKLTemporalDecoder, model_dir: Path) -> None:
     """Replace `model_dir/vae` with `vae`. The new one is written beside it first and the old one is moved to
     `vae.replaced` until the swap is done, so a crash at any point leaves a complete autoencoder on disk."""
     target, previous = model_dir / "vae", model_dir / "vae.replaced"

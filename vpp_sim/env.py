@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pybullet as pb
 import pybullet_data
+from numpy.typing import ArrayLike
 from pybullet_utils.bullet_client import BulletClient
 
 from vpp_sim import assets as A
@@ -210,7 +211,7 @@ class TabletopEnv:
         return scene
 
     # ------------------------------------------------------------------------------------------------ step
-    def step(self, action) -> tuple[dict, int, bool, dict]:
+    def step(self, action: ArrayLike) -> tuple[dict, int, bool, dict]:
         action = np.array(action, dtype=np.float64).reshape(-1)
         if action.shape != (7,) or not np.all(np.isfinite(action)):
             raise ValueError(f"TabletopEnv.step: action must be 7 finite numbers (relative), got {action!r}")
@@ -231,7 +232,7 @@ class TabletopEnv:
         pos = np.clip(self.target_pos + action[:3] * MAX_REL_POS, WORKSPACE_LOW, WORKSPACE_HIGH)
         return pos, self.target_orn + action[3:6] * MAX_REL_ORN
 
-    def solve_ik(self, pos, orn_euler, iterations: int = 60) -> np.ndarray:
+    def solve_ik(self, pos: ArrayLike, orn_euler: ArrayLike, iterations: int = 60) -> np.ndarray:
         """Arm joints that put the TCP at (pos, Euler orn); the current robot state is left unchanged."""
         p = self.p
         r = self.robot_uid

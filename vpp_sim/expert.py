@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vpp_sim import assets as A
 from vpp_sim.env import MAX_REL_ORN, MAX_REL_POS, TabletopEnv
@@ -45,7 +46,7 @@ class ScriptedExpert:
         self.grip = OPEN
 
     # ---------------------------------------------------------------------------------------------- primitives
-    def move(self, pos, yaw: float | None = None, grip: float | None = None, speed: float = FAST,
+    def move(self, pos: ArrayLike, yaw: float | None = None, grip: float | None = None, speed: float = FAST,
              tol: float = 0.006, settle: bool = True) -> Iterator[np.ndarray]:
         """Drive the env's target pose to (pos, yaw) with bounded steps, then wait until the TCP got there."""
         env = self.env

@@ -12,7 +12,7 @@ Training: noised = a + n * s, target = (a - c_skip * noised) / c_out, loss = mea
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -81,7 +81,7 @@ def log_logistic_cdf(sigma: torch.Tensor | float, loc: float, scale: float) -> t
 
 def make_sample_density(
     density_type: str, sigma_data: float, sigma_min: float, sigma_max: float
-):
+) -> Callable[..., torch.Tensor]:
     """Return `f(shape, device, generator=None) -> sigmas`. Only 'loglogistic' is used by VPP; 'loguniform' is
     provided for experiments."""
     if density_type == "loglogistic":
@@ -117,7 +117,7 @@ class GCDenoiser(nn.Module):
         self.inner_model = inner_model
         self.sigma_data = sigma_data
 
-    def get_scalings(self, sigma: torch.Tensor):
+    def get_scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return get_scalings(sigma, self.sigma_data)
 
     def encode(self, tokens: torch.Tensor, goal: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:

@@ -117,7 +117,7 @@ def sample_euler(
 SAMPLERS = {"ddim": sample_ddim, "euler": sample_euler}
 
 
-def get_sampler(name: str):
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler_type {name!r}; expected one of {sorted(SAMPLERS)}")
     return SAMPLERS[name]
