@@ -21,8 +21,9 @@ robot adds to the state it sent (see deploy/robot_loop_example.py, policy_models
 
 The default bind address is 127.0.0.1; serving on a network (``--host 0.0.0.0``) should use ``--token`` (or the
 ``VPP_POLICY_TOKEN`` environment variable) and a trusted network or an SSH tunnel: the transport is plain ws://.
-At most ``--max_clients`` connections are open at once (more are closed with code 1013 and the reason), and
-``--idle_timeout_s`` closes connections that stay silent that long (off by default).
+At most ``--max_clients`` connections are open at once (more are closed with code 1013 and the reason);
+``--idle_timeout_s`` closes connections that stay silent that long, and ``--infer_timeout_s`` answers with an error
+when a chunk takes longer (both off by default).
 """
 
 from __future__ import annotations
@@ -92,13 +93,17 @@ class PolicyServer:
             and a reason naming the limit, so idle or forgotten clients cannot pile up without bound.
         idle_timeout_s: close a connection that sends nothing for this long (code 1000, reason "idle"); ``None``
             (default) keeps idle connections open, since a robot may wait minutes between episodes.
+        infer_timeout_s: answer a request with an error when no chunk came within this long (queue included); a
+            request still queued then is dropped, and while the model has been busy with one request for longer,
+            new requests are answered with an error at once instead of queueing behind a model that may hang.
+            ``None`` (default): wait for the model however long it takes.
     """
 
     def __init__(self, policy: Any, *, stats: Any = "auto", host: str = "127.0.0.1", port: int = 8000,
                  token: str | None = None, max_request_bytes: int = 32 * 2**20,
                  image_shapes: Mapping[str, Sequence[int]] | None = None, max_image_side: int = 4096,
                  max_instruction_chars: int = 2048, max_clients: int = 16, idle_timeout_s: float | None = None,
-                 name: str = "vpp-policy"):
+                 infer_timeout_s: float | None = None, name: str = "vpp-policy"):
         emb = getattr(policy, "embodiment", None)
         if emb is None or not hasattr(policy, "predict_action_chunk"):
             raise TypeError("policy must have `predict_action_chunk(obs, instruction)` and an `embodiment`")
@@ -130,10 +135,13 @@ class PolicyServer:
         self.max_instruction_chars = int(max_instruction_chars)
         if int(max_clients) < 1:
             raise ValueError(f"max_clients must be at least 1, got {max_clients}")
-        if idle_timeout_s is not None and not idle_timeout_s > 0:
-            raise ValueError(f"idle_timeout_s must be positive or None, got {idle_timeout_s}")
+        for key, value in (("idle_timeout_s", idle_timeout_s), ("infer_timeout_s", infer_timeout_s)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{key} must be positive or None, got {value}")
         self.max_clients = int(max_clients)
         self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
+        self.infer_timeout_s = None if infer_timeout_s is None else float(infer_timeout_s)
+        self._busy_since: float | None = None  # time.monotonic() when the running request reached the model
         self.clients_connected = 0
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
@@ -158,6 +166,7 @@ class PolicyServer:
             "max_instruction_chars": self.max_instruction_chars,
             "max_clients": self.max_clients,
             "idle_timeout_s": self.idle_timeout_s,
+            "infer_timeout_s": self.infer_timeout_s,
             "token_required": self.token is not None,
             "request_keys": {"observation": {"rgb_obs": list(self.cameras),
                                              **({"state_obs": [self.state_dim]} if self.state_dim else {})},
@@ -253,10 +262,14 @@ class PolicyServer:
         t_wait = time.perf_counter() if queued_at is None else queued_at
         with self._lock:
             t0 = time.perf_counter()
-            with _no_grad():
-                out = self.policy.predict_action_chunk(policy_obs, instruction)
-            if hasattr(out, "detach"):  # the copy to the host waits for the GPU: infer_ms includes its work
-                out = out.detach().float().cpu().numpy()
+            self._busy_since = time.monotonic()
+            try:
+                with _no_grad():
+                    out = self.policy.predict_action_chunk(policy_obs, instruction)
+                if hasattr(out, "detach"):  # the copy to the host waits for the GPU: infer_ms includes its work
+                    out = out.detach().float().cpu().numpy()
+            finally:
+                self._busy_since = None
             t1 = time.perf_counter()
         actions = np.asarray(out, dtype=np.float32)
         if actions.shape == (1, self.chunk_length, self.action_dim):
@@ -305,10 +318,25 @@ class PolicyServer:
             self.requests_rejected += 1
             log.info("rejected request: %s", e)
             return {"error": {"field": e.field, "message": e.message}}
+        busy_since = self._busy_since
+        if self.infer_timeout_s is not None and busy_since is not None:
+            busy_s = time.monotonic() - busy_since
+            if busy_s > self.infer_timeout_s:
+                self.requests_rejected += 1
+                return {"error": {"field": "policy", "message": (
+                    f"the model has been running one request for {busy_s:.0f} s, beyond infer_timeout_s="
+                    f"{self.infer_timeout_s:g}; it may hang (restart the server if this persists)")}}
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self.infer, policy_obs, instruction, time.perf_counter())
+        done, _ = await asyncio.wait({future}, timeout=self.infer_timeout_s)
+        if not done:
+            future.cancel()  # drops the request if it is still queued; a running chunk finishes unseen
+            self.requests_rejected += 1
+            log.error("no chunk within infer_timeout_s=%g s", self.infer_timeout_s)
+            return {"error": {"field": "policy", "message": f"no chunk within infer_timeout_s={self.infer_timeout_s:g}"
+                                                           " s (queue included)"}}
         try:
-            actions, timing = await loop.run_in_executor(self._executor, self.infer, policy_obs, instruction,
-                                                         time.perf_counter())
+            actions, timing = future.result()
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except BaseException as e:  # the model failed (even with SystemExit): answer, log, keep serving
@@ -483,6 +511,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle_timeout_s", type=float, default=None,
                    help="close connections silent for this many seconds (default: never; a robot may idle between "
                    "episodes)")
+    p.add_argument("--infer_timeout_s", type=float, default=None,
+                   help="answer with an error when no chunk came within this many seconds, and refuse new requests "
+                   "while the model is stuck that long in one (default: wait however long it takes)")
 
 
 def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
@@ -512,7 +543,7 @@ def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,
                           max_request_bytes=int(args.max_request_mb * 2**20), max_clients=args.max_clients,
-                          idle_timeout_s=args.idle_timeout_s)
+                          idle_timeout_s=args.idle_timeout_s, infer_timeout_s=args.infer_timeout_s)
     if not fake and compile_mode is not None:
         log.info("compiling the policy (%s) on a blank request before serving: minutes at full size (--compile none "
                  "serves at once, with slower chunks)", compile_mode)

@@ -71,7 +71,7 @@ def test_round_trip_metadata_and_actions(served):
         assert md["image_shapes"] == {"rgb_static": [200, 200, 3], "rgb_gripper": [84, 84, 3]}
         assert (md["action_dim"], md["chunk_length"], md["state_dim"]) == (7, 10, 0)
         assert md["token_required"] is True and md["server_version"] and md["protocol_version"] == 1
-        assert (md["max_clients"], md["idle_timeout_s"]) == (16, None)
+        assert (md["max_clients"], md["idle_timeout_s"], md["infer_timeout_s"]) == (16, None, None)
         obs = good_obs()
         reply = client.infer(obs, "open the drawer")
         assert reply["actions"].shape == (10, 7) and reply["actions"].dtype == np.float32
@@ -303,6 +303,43 @@ def test_wait_ms_counts_the_queue_behind_other_requests():
     assert max(waits) > 150  # the last of three waited for at least one 200 ms chunk before it
 
 
+def test_infer_timeout_answers_instead_of_waiting_on_a_stuck_model():
+    """A request without a chunk within infer_timeout_s gets an error; one queued behind it is dropped, not run later;
+    while the model is still busy past the limit, new requests are refused at once; then service resumes."""
+    policy = FakePolicy(cameras=("cam",), action_dim=4, chunk_length=3, delay_s=1.5)
+    obs = {"rgb_obs": {"cam": np.zeros((8, 8, 3), np.uint8)}}
+    with PolicyServer(policy, port=0, infer_timeout_s=0.3).start_in_thread() as t:
+        errors = []
+
+        def ask():
+            with PolicyClient(port=t.port) as client:
+                try:
+                    client.infer(obs, "go")
+                except PolicyServerError as e:
+                    errors.append(e)
+
+        first, queued = threading.Thread(target=ask), threading.Thread(target=ask)
+        first.start()
+        queued.start()
+        first.join()
+        queued.join()
+        assert [e.field for e in errors] == ["policy", "policy"]
+        assert any("no chunk within infer_timeout_s=0.3 s" in e.message for e in errors)  # the one that ran
+        # the other was dropped from the queue the same way, or, had it come 0.3 s late, refused as below
+        assert all("no chunk within" in e.message or "has been running one request" in e.message for e in errors)
+        with PolicyClient(port=t.port) as client:  # the first chunk is still running (1.5 s)
+            with pytest.raises(PolicyServerError, match=r"policy: the model has been running one request for"):
+                client.infer(obs, "go")
+            deadline = time.monotonic() + 10
+            while policy.calls < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+            policy.delay_s = 0.0
+            assert client.infer(obs, "go")["actions"].shape == (3, 4)  # served again once the model is free
+        assert client.metadata["infer_timeout_s"] == 0.3
+    assert policy.calls == 2  # the first request and the last; the queued one never reached the model
+
+
 def test_server_rejects_bad_setup():
     with pytest.raises(TypeError, match="predict_action_chunk"):
         PolicyServer(object())
@@ -313,6 +350,8 @@ def test_server_rejects_bad_setup():
         PolicyServer(FakePolicy(), max_clients=0)
     with pytest.raises(ValueError, match="idle_timeout_s must be positive or None, got 0"):
         PolicyServer(FakePolicy(), idle_timeout_s=0)
+    with pytest.raises(ValueError, match="infer_timeout_s must be positive or None, got -1"):
+        PolicyServer(FakePolicy(), infer_timeout_s=-1)
 
 
 def _connect_within(port: int, seconds: float) -> PolicyClient:
@@ -475,13 +514,14 @@ def test_server_command_line_fake(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "deploy.server", "--fake", "--port", str(port), "--max_clients", "3",
-                             "--idle_timeout_s", "30"],
+                             "--idle_timeout_s", "30", "--infer_timeout_s", "20"],
                             env={**__import__("os").environ, "VPP_POLICY_TOKEN": "tok"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         with PolicyClient("127.0.0.1", port, token="tok", connect_retry_s=60) as client:
             assert client.metadata["token_required"] is True
-            assert (client.metadata["max_clients"], client.metadata["idle_timeout_s"]) == (3, 30.0)
+            md = client.metadata
+            assert (md["max_clients"], md["idle_timeout_s"], md["infer_timeout_s"]) == (3, 30.0, 20.0)
             assert client.infer(good_obs(), "go")["actions"].shape == (10, 7)
     finally:
         proc.terminate()
