@@ -128,6 +128,18 @@ def _resolve_int(value: Any, fallback: int | None, name: str) -> int:
     return int(value)
 
 
+# the split folder of a CALVIN-format root: the dataset-block key that names it, and its default
+_CALVIN_SPLIT_KEYS = {"train": ("train_folder", "training"), "val": ("val_folder", "validation")}
+
+
+def _calvin_split_dir(cfg: Mapping[str, Any], split: str) -> Path:
+    """``{root_data_dir}/{train_folder | val_folder}`` of a CALVIN-format ``dataset:`` block (a plain mapping)."""
+    root = cfg.get("root_data_dir")
+    if not root:
+        raise DatasetError("dataset.root_data_dir is not set (pass --root_data_dir D or dataset.root_data_dir=D)")
+    return Path(root) / cfg.get(*_CALVIN_SPLIT_KEYS[split])
+
+
 def check_dataset_folders(cfg: Mapping[str, Any], splits: Sequence[str]) -> None:
     """Check that the folders a ``dataset:`` block names exist, for each split in `splits` ("train", "val"); raises
     DatasetError naming the missing one. The trainer calls it before loading the frozen video model, which takes
@@ -138,11 +150,7 @@ def check_dataset_folders(cfg: Mapping[str, Any], splits: Sequence[str]) -> None
         cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     kind = cfg.get("type", "calvin")
     if kind in ("calvin", "sim"):
-        root = cfg.get("root_data_dir")
-        if not root:
-            raise DatasetError("dataset.root_data_dir is not set (pass --root_data_dir D or dataset.root_data_dir=D)")
-        keys = {"train": ("train_folder", "training"), "val": ("val_folder", "validation")}
-        folders = {f"dataset.{keys[s][0]}": Path(root) / cfg.get(*keys[s]) for s in splits}
+        folders = {f"dataset.{_CALVIN_SPLIT_KEYS[s][0]}": _calvin_split_dir(cfg, s) for s in splits}
     elif kind == "xbot":
         folders = {f"dataset.{key}": Path(cfg[key]) for key in ("data_json_path", "data_root_path") if cfg.get(key)}
     else:
@@ -188,12 +196,8 @@ def build_dataset(
     if kind in ("calvin", "sim"):
         from policy_models.datasets.calvin import CalvinDataset
 
-        root = cfg.get("root_data_dir")
-        if not root:
-            raise DatasetError("dataset.root_data_dir is not set (pass --root_data_dir D or dataset.root_data_dir=D)")
-        folder = cfg.get("train_folder", "training") if split == "train" else cfg.get("val_folder", "validation")
         return CalvinDataset(
-            Path(root) / folder,
+            _calvin_split_dir(cfg, split),
             cameras=tuple(cams),
             action_seq_len=chunk,
             action_dim=adim,

@@ -142,5 +142,3 @@ def prune_checkpoints(run_dir: Path, keep_last: int | None, protect: list[Path |
     for p in ckpts[: max(0, len(ckpts) - keep_last)]:
         if p.resolve() not in protected:
             shutil.rmtree(p, ignore_errors=True)
-
-
