@@ -315,37 +315,38 @@ class PolicyServer:
                 raise RequestError(e.field or "request", e.message) from None
             policy_obs, instruction = self.validate(request)
         except RequestError as e:
-            self.requests_rejected += 1
             log.info("rejected request: %s", e)
-            return {"error": {"field": e.field, "message": e.message}}
+            return self._reject(e.field, e.message)
         busy_since = self._busy_since
         if self.infer_timeout_s is not None and busy_since is not None:
             busy_s = time.monotonic() - busy_since
             if busy_s > self.infer_timeout_s:
-                self.requests_rejected += 1
-                return {"error": {"field": "policy", "message": (
-                    f"the model has been running one request for {busy_s:.0f} s, beyond infer_timeout_s="
-                    f"{self.infer_timeout_s:g}; it may hang (restart the server if this persists)")}}
+                return self._reject("policy", f"the model has been running one request for {busy_s:.0f} s, beyond "
+                                              f"infer_timeout_s={self.infer_timeout_s:g}; it may hang (restart the "
+                                              "server if this persists)")
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self.infer, policy_obs, instruction, time.perf_counter())
         done, _ = await asyncio.wait({future}, timeout=self.infer_timeout_s)
         if not done:
             future.cancel()  # drops the request if it is still queued; a running chunk finishes unseen
-            self.requests_rejected += 1
             log.error("no chunk within infer_timeout_s=%g s", self.infer_timeout_s)
-            return {"error": {"field": "policy", "message": f"no chunk within infer_timeout_s={self.infer_timeout_s:g}"
-                                                           " s (queue included)"}}
+            return self._reject("policy",
+                                f"no chunk within infer_timeout_s={self.infer_timeout_s:g} s (queue included)")
         try:
             actions, timing = future.result()
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except BaseException as e:  # the model failed (even with SystemExit): answer, log, keep serving
             log.exception("inference failed")
-            self.requests_rejected += 1
-            return {"error": {"field": "policy", "message": f"inference failed: {type(e).__name__}: {e}"}}
+            return self._reject("policy", f"inference failed: {type(e).__name__}: {e}")
         self.requests_served += 1
         timing["total_ms"] = (time.perf_counter() - t0) * 1e3
         return {"actions": actions, "server_timing": timing}
+
+    def _reject(self, field: str, message: str) -> dict[str, Any]:
+        """The error reply for a request that gets no chunk, counted in `requests_rejected`."""
+        self.requests_rejected += 1
+        return {"error": {"field": field, "message": message}}
 
     async def _handler(self, ws: ServerConnection) -> None:
         peer = ws.remote_address
