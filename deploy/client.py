@@ -45,6 +45,7 @@ class PolicyClient:
         self.token = token
         self.timeout = timeout
         self._ws = None
+        self._closed_because = "by close()"  # why a later infer() finds no connection
         deadline = time.monotonic() + connect_retry_s
         while True:
             try:
@@ -67,7 +68,7 @@ class PolicyClient:
         if self.token is not None:
             request["token"] = self.token
         if self._ws is None:
-            raise PolicyServerError("connection", "closed after an earlier request timed out; make a new PolicyClient")
+            raise PolicyServerError("connection", f"closed {self._closed_because}; make a new PolicyClient")
         t0 = time.perf_counter()
         try:
             self._ws.send(packb(request))
@@ -75,9 +76,11 @@ class PolicyClient:
         except TimeoutError:
             # the late reply would otherwise be read as the answer to the next request: actions for an old state
             self.close()
+            self._closed_because = "after an earlier request timed out"
             raise
         except ConnectionClosed as e:  # e.g. the server's idle_timeout_s, or the server stopped
             self._ws = None
+            self._closed_because = f"by the server ({_reason(e)})"
             raise PolicyServerError("connection", f"the server closed the connection ({_reason(e)}); make a new "
                                                   "PolicyClient") from None
         reply = unpackb(message, what="reply")

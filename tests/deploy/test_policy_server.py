@@ -391,6 +391,8 @@ def test_idle_connections_are_closed_after_idle_timeout_s_and_active_ones_are_no
             time.sleep(0.1)
         with pytest.raises(PolicyServerError, match=r"connection: the server closed the connection \(idle for 0.6 s"):
             idle.infer(obs, "go")
+        with pytest.raises(PolicyServerError, match=r"connection: closed by the server \(idle for 0.6 s"):
+            idle.infer(obs, "go")  # and says so again, not that a request timed out
         with _connect_within(t.port, 10) as late:  # the idle client's place was freed
             assert late.infer(obs, "go")["actions"].shape == (3, 4)
         active.close()
