@@ -109,6 +109,36 @@ def use_per_step_sampler(policy) -> None:
     policy._denoise_loop = per_step_loop  # shadows the method on this instance only
 
 
+def split_unet_pass_over_streams(tvp, parts: int) -> None:
+    """Experiment: run the U-Net pass as `parts` passes over equal slices of its batch (at batch 1, one camera
+    each), each on a CUDA stream of its own, so that one slice's small kernels and launch gaps overlap another's.
+    Each slice is the same math as the whole batch (no sample attends to another), so the features differ from the
+    batched pass by rounding only (other matrix shapes). Applies to the pass `compile_video_model` set; the exactness
+    check's uncompiled reference runs the batched eager pass."""
+    inner = tvp.unet_pass
+    streams = [torch.cuda.Stream(tvp.device) for _ in range(parts - 1)]
+
+    def split_pass(sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                   added_time_ids: torch.Tensor) -> torch.Tensor:
+        if sample.shape[0] % parts:
+            raise ValueError(f"--unet-streams {parts}: batch {sample.shape[0]} does not split into {parts} slices")
+        slices = list(zip(sample.chunk(parts), encoder_hidden_states.chunk(parts), added_time_ids.chunk(parts)))
+        main = torch.cuda.current_stream(tvp.device)
+        outs: list[torch.Tensor | None] = [None] * parts
+        for i, stream in enumerate(streams, start=1):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                outs[i] = inner(sample=slices[i][0], timestep=timestep, encoder_hidden_states=slices[i][1],
+                                added_time_ids=slices[i][2])
+        outs[0] = inner(sample=slices[0][0], timestep=timestep, encoder_hidden_states=slices[0][1],
+                        added_time_ids=slices[0][2])
+        for stream in streams:
+            main.wait_stream(stream)
+        return torch.cat(outs, dim=0)
+
+    tvp.__dict__["_compiled_partial_unet"] = split_pass
+
+
 def exactness(policy, obs: dict, instruction: str, device: torch.device,
               fast_context=contextlib.nullcontext) -> dict[str, float]:
     """Largest |difference| between the chunks of the benchmarked settings and eager ones, for the same noise: drawn
@@ -214,9 +244,15 @@ def main() -> None:
     parser.add_argument("--short-query-kernels", action="store_true",
                         help="the frozen U-Net's attention with queries of at most 64 tokens on the memory-efficient "
                              "kernel (video_models.attention_kernels; other rounding)")
+    parser.add_argument("--unet-streams", type=int, default=1, metavar="N",
+                        help="inference on CUDA, experiment: the U-Net pass as N passes over slices of its batch "
+                             "(at batch 1, one camera each), each on its own CUDA stream "
+                             "(split_unet_pass_over_streams)")
     add_temporal_context_argument(parser)
     add_backend_arguments(parser)
     args = parser.parse_args()
+    if args.unet_streams > 1 and not (args.mode == "inference" and args.device.startswith("cuda")):
+        parser.error("--unet-streams needs --mode inference on a CUDA device")
 
     if args.contiguous_conv_weights and args.compile is None:
         parser.error("--contiguous-conv-weights needs --compile")
@@ -242,6 +278,8 @@ def main() -> None:
             policy.tvp_encoder.set_conv_weight_layout(channels_last=False)
     if args.compile_head:
         policy.compile_action_head(args.compile_head)
+    if args.unet_streams > 1:
+        split_unet_pass_over_streams(policy.tvp_encoder, args.unet_streams)
     if args.per_step_sampler:
         use_per_step_sampler(policy)
     if args.fused_decoder:
@@ -311,7 +349,7 @@ def main() -> None:
             result["components"] = component_times(policy, obs, instruction, args.warmup, args.iters)
     if args.mode == "inference" and (args.cuda_graph != "off" or args.compile is not None or args.cudnn_benchmark
                                      or args.inference_autocast or args.compile_head or args.fused_decoder
-                                     or args.sdpa_perceiver):
+                                     or args.sdpa_perceiver or args.unet_streams > 1):
         result["exactness"] = exactness(policy, obs, instruction, device, inference_autocast)
     if args.mode == "train":
         result["samples_per_s"] = args.batch / (timing["median_ms"] / 1000)

@@ -223,6 +223,55 @@ def test_per_step_sampler_control_runs_every_decoder_step_on_its_own(monkeypatch
     torch.testing.assert_close(per_step, planned, rtol=1e-5, atol=1e-5)
 
 
+class _RecordingStream:
+    """Stands in for torch.cuda.Stream on the CPU: records which stream each U-Net slice was launched on."""
+
+    current = "main"
+
+    def __init__(self, device=None):
+        self.name = f"side{id(self)}"
+
+    def wait_stream(self, other):
+        pass
+
+
+def test_unet_streams_experiment_splits_the_batch_and_keeps_the_chunk(monkeypatch):
+    """`--unet-streams 2` runs the U-Net pass on two slices of the camera batch, the second on a side stream, and
+    joins them in the batch's order: the chunk equals the batched pass's up to float rounding."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    from benchmarks.policy_step import build_random_policy, camera_images, split_unet_pass_over_streams
+
+    policy = build_random_policy(torch.device("cpu"), "tiny", torch.float32).eval()
+    obs = {"rgb_obs": camera_images(policy, 2, np.random.default_rng(0))}
+    batched = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(3))
+
+    @contextlib.contextmanager
+    def on_stream(stream):
+        before, _RecordingStream.current = _RecordingStream.current, stream.name
+        yield
+        _RecordingStream.current = before
+
+    monkeypatch.setattr(torch.cuda, "Stream", _RecordingStream)
+    monkeypatch.setattr(torch.cuda, "stream", on_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _RecordingStream())
+    tvp, calls = policy.tvp_encoder, []
+    inner = tvp.unet_pass
+    tvp.__dict__["_compiled_partial_unet"] = lambda **kw: calls.append(
+        (_RecordingStream.current, kw["sample"][:, 0, 0, 0, 0].tolist())) or inner(**kw)
+    split_unet_pass_over_streams(tvp, 2)
+    split = policy.predict_action_chunk(obs, "open the drawer", generator=torch.Generator().manual_seed(3))
+    # 2 cameras x batch 2 = 4 samples: the side stream gets the second half, the main stream the first
+    assert [(stream.startswith("side"), len(rows)) for stream, rows in calls] == [(True, 2), (False, 2)]
+    torch.testing.assert_close(split, batched, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not split"):
+        tvp.unet_pass(sample=torch.zeros(3, 1, 1, 1, 1), timestep=None, encoder_hidden_states=torch.zeros(3),
+                      added_time_ids=torch.zeros(3))
+
+
 def test_policy_inference_components_and_autocast_experiment(monkeypatch, capsys):
     from benchmarks import policy_step
 
