@@ -160,8 +160,10 @@ def check_latent(latent: Any, path: str | Path, latent_shape: Sequence[int] | No
         )
     if latent_shape is not None and tuple(latent.shape[1:]) != tuple(latent_shape):
         raise DatasetError(
-            f"{path}: latent has shape {tuple(latent.shape)}, expected (T, {', '.join(map(str, latent_shape))}); "
-            "re-encode it with step1_prepare_latent_data.py at the model's resolution (latent size = resolution / 8)"
+            f"{path}: latent has shape {tuple(latent.shape)}, expected (T, {', '.join(map(str, latent_shape))}) for "
+            "the configured resolution (latent size = resolution / 8: train_args.height/width in training, "
+            "validation_args.height/width in evaluation). Set that resolution to the one the data was encoded at, "
+            "or re-encode the data with step1_prepare_latent_data.py at the configured resolution"
         )
     return latent
 

@@ -178,6 +178,30 @@ def predict(
     return out.frames
 
 
+def trained_resolution(video_model_path: str | Path) -> tuple[int, int] | None:
+    """(height, width) the stage-1 trainer of this folder trained at, read from the `training_config.yaml` it saves
+    beside each checkpoint; None for folders it did not write (the released svd-robot folders, converted ones)."""
+    path = Path(video_model_path) / "training_config.yaml"
+    if not path.is_file():
+        return None
+    args = OmegaConf.load(path).get("train_args") or {}
+    if "height" not in args or "width" not in args:
+        return None
+    return int(args["height"]), int(args["width"])
+
+
+def warn_on_resolution_mismatch(video_model_path: str | Path, s: PredictionSettings) -> None:
+    """A model predicts at any multiple of the VAE factor, but far from the resolution it was trained at its videos
+    are noise: say so, with the keys that set it, rather than let a wrong config pass unnoticed."""
+    trained = trained_resolution(video_model_path)
+    if trained is not None and trained != (s.height, s.width):
+        log.warning(
+            "%s was trained at %d x %d (height x width, its training_config.yaml) but validation_args asks for "
+            "%d x %d; set validation_args.height=%d validation_args.width=%d to predict at the trained resolution",
+            video_model_path, *trained, s.height, s.width, *trained,
+        )
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -205,6 +229,7 @@ def make_prediction(
     from vpp_core.video_io import write_mp4
 
     device = device or default_device()
+    warn_on_resolution_mismatch(video_model_path, s)
     episodes = [load_episode(s.val_dataset_dir, i, s) for i in s.val_idx]
     pipe, tokenizer, text_encoder = load_models(video_model_path, clip_model_path, device, dtype)
     first = torch.stack([e.frames[0] for e in episodes])

@@ -165,6 +165,26 @@ def test_resume_is_exact(run_a, tiny_model_dirs, data_root):
     assert latest.resume_from.name == "checkpoint-3" and latest.train().global_step == 3
 
 
+def test_prediction_warns_when_asked_for_another_resolution_than_trained(run_a, tiny_model_dirs, caplog):
+    """Each checkpoint's training_config.yaml gives the resolution it was trained at; prediction settings that differ
+    are named in a warning, with the keys to set. Folders without it (the released ones) are not checked."""
+    from video_models.prediction import PredictionSettings, trained_resolution, warn_on_resolution_mismatch
+
+    cfg, result, _ = run_a
+    model = result.checkpoints[-1]
+    trained = (int(cfg.train_args.height), int(cfg.train_args.width))
+    assert trained_resolution(model) == trained
+    assert trained_resolution(tiny_model_dirs[0]) is None
+    with caplog.at_level("WARNING", logger="video_models.prediction"):
+        warn_on_resolution_mismatch(model, PredictionSettings(height=trained[0], width=trained[1]))
+        warn_on_resolution_mismatch(tiny_model_dirs[0], PredictionSettings(height=8 * trained[0]))
+        assert not caplog.records
+        warn_on_resolution_mismatch(model, PredictionSettings(height=2 * trained[0], width=trained[1]))
+    (record,) = caplog.records
+    assert f"trained at {trained[0]} x {trained[1]}" in record.getMessage()
+    assert f"validation_args.height={trained[0]} validation_args.width={trained[1]}" in record.getMessage()
+
+
 def test_make_prediction_and_quality_check(run_a, tiny_model_dirs, data_root, tmp_path):
     import eval_video_prediction
     import make_prediction
