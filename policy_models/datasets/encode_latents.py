@@ -3,7 +3,8 @@
 Usage::
 
     python -m policy_models.datasets.encode_latents --root /data/task_ABC_D --video_model_path svd-robot-calvin \
-        [--video_dtype fp16] [--batch 64] [--workers 8] [--splits training validation]
+        [--config policy_conf/VPP_Calvinabc_train.yaml | --video_dtype fp16] [--batch 64] [--workers 8] \
+        [--splits training validation]
 
 Writes ``<split>/vae_latents/`` (layout: ``policy_models/datasets/vae_latents.py``) for the frames inside annotated
 language segments, the frames training reads. The stage-2 trainer then feeds the latents instead of the images
@@ -43,6 +44,7 @@ from policy_models.datasets.vae_latents import (
     vae_identity,
 )
 from policy_models.tvp_encoder import vae_scale_factor
+from vpp_core.config import ConfigError
 
 log = logging.getLogger("encode_latents")
 
@@ -133,6 +135,20 @@ def encode_split(
     return final
 
 
+def video_dtype_name(video_dtype: str | None, config: str | None) -> str:
+    """The dtype to encode in: the one given, else the training config's `model.video_dtype`, else fp16. Latents in
+    another dtype than the policy's video model are refused by the trainer, so the config is the safer source."""
+    from policy_models.training.config import compose_config
+
+    from_config = None if config is None else compose_config(config).get("model", {}).get("video_dtype")
+    if config is not None and from_config is None:
+        raise ConfigError(f"{config} sets no model.video_dtype")
+    if video_dtype is not None and from_config is not None and video_dtype != from_config:
+        log.warning("--video_dtype %s differs from %s's model.video_dtype %s: the trainer of that config will "
+                    "refuse these latents", video_dtype, config, from_config)
+    return video_dtype or from_config or "fp16"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
@@ -144,8 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="CALVIN dataset root (holding training/ and validation/)")
     p.add_argument("--video_model_path", required=True, help="the stage-1 SVD folder the policy will be trained on")
-    p.add_argument("--video_dtype", default="fp16",
-                   help="the policy's model.video_dtype (fp16 for the CALVIN and xbot configs); must match training")
+    p.add_argument("--config", default=None,
+                   help="the stage-2 training config the latents are for (e.g. policy_conf/tiny_calvin.yaml): its "
+                        "model.video_dtype is the dtype to encode in")
+    p.add_argument("--video_dtype", default=None,
+                   help="the policy's model.video_dtype, which training checks the latents against; default: "
+                        "--config's, else fp16 (the CALVIN and xbot configs')")
     p.add_argument("--splits", nargs="+", default=["training", "validation"])
     p.add_argument("--cameras", nargs="+", default=["rgb_static", "rgb_gripper"])
     p.add_argument("--lang_folder", default="lang_annotations")
@@ -157,12 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    dtype = resolve_dtype(args.video_dtype, args.device)
     try:
+        dtype = resolve_dtype(video_dtype_name(args.video_dtype, args.config), args.device)
         folder = check_video_model_folder(args.video_model_path)
         # only the autoencoder's weights are needed; the U-Net's config gives the image size
         vae = load_pretrained(AutoencoderKLTemporalDecoder, folder, "vae", torch_dtype=dtype).to(args.device)
-    except ModelFolderError as exc:
+    except (ConfigError, ModelFolderError) as exc:
         log.error("%s", exc)
         return 2
     image_size = input_resolution(UNetSpatioTemporalConditionModel.load_config(folder, subfolder="unet")["sample_size"],

@@ -204,3 +204,23 @@ def test_mixed_image_sizes_fail_naming_the_files(calvin_root, policy):
     with pytest.raises(DatasetError, match=r"key 'rgb_gripper' has inconsistent shapes \[\(64, 64, 3\), \(84, 84, 3\)\]"
                                            rf": .*episode_0100000\.npz has \(84, 84, 3\), {odd} has \(64, 64, 3\)"):
         encode_split(split, policy.tvp_encoder.vae, policy.resolution, batch=64, workers=0, progress=False)
+
+
+def test_encode_dtype_comes_from_the_training_config(tmp_path, caplog):
+    """`--config` gives the dtype the trainer of that config checks the latents against; an explicit `--video_dtype`
+    wins, with a warning when it differs; without either, fp16 (the CALVIN and xbot configs')."""
+    from policy_models.datasets.encode_latents import video_dtype_name
+    from vpp_core.config import ConfigError
+
+    tiny = str(CONF / "tiny_calvin.yaml")
+    assert video_dtype_name(None, tiny) == "fp32"
+    assert video_dtype_name(None, str(CONF / "VPP_Calvinabc_train.yaml")) == "fp16"
+    assert video_dtype_name(None, None) == "fp16"
+    with caplog.at_level("WARNING", logger="encode_latents"):
+        assert video_dtype_name("fp32", tiny) == "fp32" and not caplog.records
+        assert video_dtype_name("fp16", tiny) == "fp16"
+    assert "will refuse these latents" in caplog.records[-1].getMessage()
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("experiment_name: x\n")
+    with pytest.raises(ConfigError, match="sets no model.video_dtype"):
+        video_dtype_name(None, str(bare))
