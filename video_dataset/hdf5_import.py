@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from video_dataset.latent_prep import EncodeOptions, PrepareReport, episode_generator
+from video_dataset.latent_prep import ENCODING_KEY, EncodeOptions, PrepareReport, encoding_record, episode_generator
 from video_dataset.transforms import preprocess_frames, to_uint8_frames
 from vpp_core.io import atomic_json_dump, atomic_torch_save
 from vpp_core.video_io import write_mp4
@@ -197,6 +197,7 @@ def import_hdf5(
         chunk_size=options.chunk_size,
         seed=options.seed,
     )
+    record = encoding_record(vae, enc) if vae is not None else None
     report = PrepareReport()
     bar = tqdm(list(enumerate(files)), desc="importing hdf5", unit="episode", disable=not progress)
     for file_num, path in bar:
@@ -246,6 +247,7 @@ def import_hdf5(
         }
         if latents:
             ann["latent_videos"] = latents
+            ann[ENCODING_KEY] = record
         ann["states"] = states.tolist()
         ann["actions"] = actions.tolist()
         atomic_json_dump(ann, out_json)

@@ -10,6 +10,11 @@ encoded `chunk_size` frames at a time with `latent_dist.sample()` (the released 
 takes the mode) and multiplied by the scaling factor. Latents are written atomically and the json last, so an
 episode whose json lists latent files that exist is finished: a rerun skips it. Unreadable videos and broken jsons
 are reported by path and skipped; the run carries on and prints a summary.
+
+Each written json also records how its latents were made ("latent_encoding": resolution, resize, posterior sample or
+mode, the autoencoder's scaling factor and weights). A rerun with other settings refuses to start rather than skip
+the finished episodes and leave latents of two kinds in one data set; latents written without the record (the
+released data sets) are checked for their size.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from tqdm.auto import tqdm
 from video_dataset.annotations import (
     DatasetError,
     list_annotation_files,
+    load_latent,
     parse_annotation,
     read_annotation_json,
     resolve_latent_path,
 )
 from video_dataset.transforms import preprocess_frames
+from vpp_core.fingerprint import weights_fingerprint
 from vpp_core.io import atomic_json_dump, atomic_torch_save
 from vpp_core.video_io import VideoReadError, read_video
 
@@ -123,6 +130,80 @@ def discover_splits(root: Path, annotation_name: str) -> list[str]:
     return splits
 
 
+ENCODING_KEY = "latent_encoding"
+
+
+def encoding_record(vae: AutoencoderKLTemporalDecoder | None, options: EncodeOptions) -> dict:
+    """What decides an episode's latents, written into its json. The weights are fingerprinted with their dtype;
+    `encoding_differences` compares them only between equal dtypes, since encoding in another precision is fine."""
+    record = {"resolution": options.resolution, "letterbox": options.letterbox, "antialias": options.antialias,
+              "latent": "sample" if options.sample else "mode"}
+    if vae is not None:
+        record["vae"] = {"scaling_factor": float(vae.config.scaling_factor),
+                         "dtype": str(next(vae.parameters()).dtype).removeprefix("torch."),
+                         "fingerprint": weights_fingerprint(vae)}
+    return record
+
+
+def encoding_differences(recorded: dict, wanted: dict) -> list[str]:
+    """The settings in which a recorded encoding differs from the wanted one, as "key: recorded -> wanted"."""
+    out = [f"{key}: {recorded.get(key)} -> {wanted[key]}" for key in ("resolution", "letterbox", "antialias", "latent")
+           if recorded.get(key) != wanted[key]]
+    old, new = recorded.get("vae") or {}, wanted.get("vae")
+    if new is not None and old:
+        if old.get("scaling_factor") != new["scaling_factor"]:
+            out.append(f"scaling factor: {old.get('scaling_factor')} -> {new['scaling_factor']}")
+        if old.get("dtype") == new["dtype"] and old.get("fingerprint") != new["fingerprint"]:
+            out.append("autoencoder: other weights")
+    return out
+
+
+def check_finished_encodings(
+    jobs: Sequence[tuple[Path, str]], out_root: Path, annotation_name: str, wanted: dict, latent_size: int
+) -> None:
+    """Refuse, before anything is encoded, to add latents made with `wanted` settings to a data set whose finished
+    episodes were made otherwise: the rerun would skip those and leave two kinds of latents in one data set."""
+    conflicts: dict[str, int] = {}
+    finished, size_checked = 0, False
+    for json_path, split in jobs:
+        out_json = out_root / annotation_name / split / json_path.name
+        try:
+            ann = read_annotation_json(out_json) if out_json.is_file() else None
+        except DatasetError:
+            continue  # redone by prepare_episode
+        if ann is None or not isinstance(ann.get("latent_videos"), list) or not ann["latent_videos"]:
+            continue
+        finished += 1
+        recorded = ann.get(ENCODING_KEY)
+        if isinstance(recorded, dict):
+            for difference in encoding_differences(recorded, wanted):
+                conflicts[difference] = conflicts.get(difference, 0) + 1
+        elif not size_checked:  # written without the record (e.g. released latents): their size tells the resolution
+            size_checked = True
+            _check_unrecorded_latent_size(ann, out_root, out_json, latent_size, wanted["resolution"])
+    if conflicts:
+        listed = "; ".join(f"{d} ({n} episode(s))" for d, n in conflicts.items())
+        raise DatasetError(
+            f"{out_root}: finished episodes were encoded with other settings ({listed}) than this run's, among "
+            f"{finished} finished; re-encode them with --overwrite, or write these latents elsewhere with --output_dir"
+        )
+
+
+def _check_unrecorded_latent_size(ann: dict, out_root: Path, out_json: Path, latent_size: int,
+                                  resolution: int) -> None:
+    try:
+        path = resolve_latent_path(out_root, ann["latent_videos"][0]["latent_video_path"])
+    except (TypeError, KeyError, DatasetError):
+        return  # not finished: prepare_episode encodes it
+    size = tuple(load_latent(path).shape[-2:])
+    if size != (latent_size, latent_size):
+        raise DatasetError(
+            f"{out_json}: its finished latents ({path}) are {size[0]} x {size[1]}, but --resolution {resolution} makes "
+            f"{latent_size} x {latent_size}; re-encode the data set with --overwrite, or write these latents "
+            "elsewhere with --output_dir"
+        )
+
+
 def _is_finished(ann: dict, out_root: Path, n_videos: int) -> bool:
     """Every listed latent exists (with the loader's latent_videos -> latent_videos_svd fallback)."""
     entries = ann.get("latent_videos")
@@ -146,7 +227,9 @@ def prepare_episode(
     options: EncodeOptions,
     report: PrepareReport,
     overwrite: bool = False,
+    record: dict | None = None,
 ) -> None:
+    """Encode one episode's videos and write its json (with `record`, the encoding_record, when given)."""
     episode = json_path.stem
     out_json = out_root / annotation_name / split / json_path.name
     try:
@@ -193,6 +276,8 @@ def prepare_episode(
             "the training loader will reject clips past the end"
         )
     ann["latent_videos"] = latent_entries
+    if record is not None:
+        ann[ENCODING_KEY] = record
     if out_root.resolve() != root.resolve():  # keep video paths valid relative to the output folder
         ann["videos"] = [
             {**v, "video_path": os.path.relpath(root / v["video_path"], out_root)}
@@ -227,9 +312,13 @@ def prepare_dataset(
     jobs: list[tuple[Path, str]] = []
     for split in splits:
         jobs.extend((p, split) for p in list_annotation_files(root / annotation_name / split))
+    record = encoding_record(vae, options)
+    if not overwrite:
+        factor = 8 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+        check_finished_encodings(jobs, out_root, annotation_name, record, options.resolution // factor)
     report = PrepareReport()
     bar = tqdm(jobs, desc=f"encoding {root.name}", unit="episode", disable=not progress)
     for json_path, split in bar:
-        prepare_episode(json_path, root, out_root, split, annotation_name, vae, options, report, overwrite)
+        prepare_episode(json_path, root, out_root, split, annotation_name, vae, options, report, overwrite, record)
         bar.set_postfix(done=len(report.encoded), skipped=len(report.skipped), failed=len(report.failed))
     return report

@@ -19,7 +19,6 @@ Unscaled values in the autoencoder's own dtype are what the policy computes on t
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from policy_models.datasets.base import DatasetError
 from policy_models.datasets.frame_arrays import FRAME_ARRAYS_INDEX, FrameArrays
+from vpp_core.fingerprint import weights_fingerprint
 
 LATENTS_DIR = "vae_latents"
 LATENTS_INDEX = FRAME_ARRAYS_INDEX
@@ -50,19 +50,9 @@ class VaeIdentity:
         return asdict(self)
 
 
-def vae_fingerprint(vae: torch.nn.Module) -> str:
-    """sha256 over every tensor of the autoencoder's state dict (names, dtypes, shapes and bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
-        flat = tensor.detach().contiguous().view(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def vae_identity(vae: torch.nn.Module, image_size: int) -> VaeIdentity:
     dtype = next(vae.parameters()).dtype
-    return VaeIdentity(vae_fingerprint(vae), str(dtype).removeprefix("torch."),
+    return VaeIdentity(weights_fingerprint(vae), str(dtype).removeprefix("torch."),
                        float(vae.config.scaling_factor), int(image_size))
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from video_dataset import DatasetMix
+from video_dataset.annotations import DatasetError
 from video_dataset.latent_prep import EncodeOptions, prepare_dataset
 from video_dataset.transforms import letterbox_to_4_3, preprocess_frames, select_frames
 
@@ -275,3 +276,48 @@ def test_off_scale_latents_are_reported_once_and_calibrated_ones_are_not(tmp_pat
     report = prepare_dataset(root, random_vae, out_root=tmp_path / "b", options=EncodeOptions(resolution=64),
                              progress=False)
     assert not [w for w in report.warnings if "scaled latents have std" in w]
+
+
+def test_rerun_with_other_settings_refuses_before_encoding(tmp_path, tiny_vae):
+    """Finished episodes record how they were encoded. A rerun with another resolution, resize or autoencoder would
+    skip them and leave two kinds of latents in one data set: it stops before writing anything, naming what
+    differs and the ways out; --overwrite re-encodes; the same settings (or only another precision) still resume."""
+    import copy
+
+    root = write_video_dataset(tmp_path, "robo", {"train": [(6, 48, 64), (6, 48, 64)]}, cams=1)
+    options = EncodeOptions(resolution=64, chunk_size=4)
+    first = root / "annotation/train/1.json"
+    prepare_dataset(root, tiny_vae, options=options, progress=False)
+    recorded = json.loads(first.read_text())["latent_encoding"]
+    assert recorded["resolution"] == 64 and recorded["latent"] == "sample" and len(recorded["vae"]["fingerprint"]) == 64
+
+    # episode 1 unfinished: a resumed run with the same settings encodes it and skips episode 0
+    ann = json.loads(first.read_text())
+    first.write_text(json.dumps({k: v for k, v in ann.items() if k not in ("latent_videos", "latent_encoding")}))
+    assert len(prepare_dataset(root, tiny_vae, options=options, progress=False).encoded) == 1
+    mtime = (root / "latent_videos/train/0/0.pt").stat().st_mtime_ns
+    with pytest.raises(DatasetError, match=r"resolution: 64 -> 128 \(2 episode\(s\)\).*--overwrite.*--output_dir"):
+        prepare_dataset(root, tiny_vae, options=EncodeOptions(resolution=128, chunk_size=4), progress=False)
+    other = copy.deepcopy(tiny_vae)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(DatasetError, match="autoencoder: other weights"):
+        prepare_dataset(root, other, options=options, progress=False)
+    with pytest.raises(DatasetError, match="letterbox: False -> True"):
+        prepare_dataset(root, tiny_vae, options=EncodeOptions(resolution=64, letterbox=True), progress=False)
+    assert (root / "latent_videos/train/0/0.pt").stat().st_mtime_ns == mtime  # nothing was written
+    half = prepare_dataset(root, copy.deepcopy(tiny_vae).to(torch.bfloat16), options=options, progress=False)
+    assert len(half.skipped) == 2  # another precision of the same weights is no conflict
+
+    redone = prepare_dataset(root, tiny_vae, options=EncodeOptions(resolution=128, chunk_size=4), overwrite=True,
+                             progress=False)
+    assert len(redone.encoded) == 2
+    assert torch.load(root / "latent_videos/train/0/0.pt", weights_only=True).shape[-1] == 16
+
+    # latents without the record (released data sets): their size is checked against the resolution
+    for path in (root / "annotation/train").glob("*.json"):
+        ann = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in ann.items() if k != "latent_encoding"}))
+    with pytest.raises(DatasetError, match=r"are 16 x 16, but --resolution 64 makes 8 x 8"):
+        prepare_dataset(root, tiny_vae, options=options, progress=False)
+    assert len(prepare_dataset(root, tiny_vae, options=EncodeOptions(resolution=128), progress=False).skipped) == 2

@@ -15,7 +15,8 @@ from train_helpers import CONF
 from policy_models.datasets.base import DatasetError, collate_samples
 from policy_models.datasets.calvin import CalvinDataset
 from policy_models.datasets.encode_latents import encode_split, main
-from policy_models.datasets.vae_latents import LATENTS_DIR, vae_fingerprint, vae_identity
+from policy_models.datasets.vae_latents import LATENTS_DIR, vae_identity
+from vpp_core.fingerprint import weights_fingerprint
 
 CAMERAS = ("rgb_static", "rgb_gripper")
 
@@ -48,7 +49,7 @@ def test_cli_latents_are_the_policys_own_encoding(calvin_root, tiny_model_dirs, 
     assert main(["--root", str(calvin_root), "--video_model_path", str(tiny_model_dirs[0]), "--video_dtype", "fp32",
                  "--device", "cpu", "--workers", "0", "--batch", "1", "--no_progress"]) == 0
     index = json.loads((split / LATENTS_DIR / "index.json").read_text())
-    assert index["complete"] and index["vae"]["fingerprint"] == vae_fingerprint(policy.tvp_encoder.vae)
+    assert index["complete"] and index["vae"]["fingerprint"] == weights_fingerprint(policy.tvp_encoder.vae)
     assert (calvin_root / "validation" / LATENTS_DIR / "index.json").is_file()
 
     res, tvp = policy.resolution, policy.tvp_encoder
