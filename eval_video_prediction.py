@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_inference_steps", type=int, default=None)
     p.add_argument("--guidance_scale", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--output_dir", default="eval_output")
+    p.add_argument("--output_dir", default="eval_output",
+                   help="where results.json and the DATASET_grid.mp4 grids go (default: ./eval_output)")
     p.add_argument("--psnr_margin_db", type=float, default=1.0)
     p.add_argument("--ssim_margin", type=float, default=0.05)
     p.add_argument("--min_motion_ratio", type=float, default=0.25)
@@ -89,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report["video_model_path"] = str(args.video_model_path)
-    atomic_json_dump(report, Path(args.output_dir) / "results.json")
+    output_dir = Path(args.output_dir).resolve()
+    atomic_json_dump(report, output_dir / "results.json")
     print(format_report(report))
+    print(f"results.json and the prediction grids (DATASET_grid.mp4) are in {output_dir}")
     return 1 if args.strict and not report["ready"] else 0
 
 

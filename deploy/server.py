@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
@@ -517,29 +517,62 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    "while the model is stuck that long in one (default: wait however long it takes)")
 
 
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The project's errors for a wrong checkpoint, model folder or config. Their messages name the path or key, so
+    the command line shows them as one line; imported here, not at the top, because they pull in torch."""
+    from policy_models.checkpoints import CheckpointError
+    from policy_models.config import PolicyConfigError
+    from video_models.builders import ModelFolderError
+    from vpp_core.config import ConfigError
+
+    return CheckpointError, ConfigError, ModelFolderError, PolicyConfigError
+
+
+def _exit_with_error(message: str) -> NoReturn:
+    """End the command as the other entry scripts do on a user's mistake: one `error:` line and exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _load_policy(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The checkpoint's policy on its inference fast path, and the compile mode it was given (None: eager)."""
+    # heavy: only when serving a model. Inference runs under the server's lock, so the first request's graph
+    # capture overlaps no other CUDA work
+    import torch
+
+    from policy_models.checkpoints import load_inference_policy
+    from vpp_core.config import compile_setting, resolve_compile_setting
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    compile_mode = resolve_compile_setting(compile_setting(args.compile, "--compile"), torch.device(device).type)
+    policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
+                                   use_ema=args.use_ema, cudnn_benchmark=args.cudnn_benchmark,
+                                   compile_mode=compile_mode, short_query_attention=args.short_query_attention,
+                                   float32_matmul_precision=args.float32_matmul_precision,
+                                   fused_decoder=args.fused_decoder)
+    return policy, compile_mode
+
+
+def _load_policy_or_exit(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """`_load_policy`, ending the command with a one-line error when the checkpoint, a model folder or the config is
+    wrong: a traceback would bury the message that names the path."""
+    if not args.checkpoint:
+        _exit_with_error("--checkpoint is required (or --fake)")
+    try:
+        return _load_policy(args)
+    except _input_errors() as exc:
+        _exit_with_error(str(exc))
+
+
 def run_server_from_args(args: argparse.Namespace, fake: bool = False) -> None:
+    """Serve until interrupted; a wrong checkpoint, model folder or config ends it with an `error:` line, exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if fake:
         from deploy.fake_policy import FakePolicy
 
         policy, compile_mode = FakePolicy(), None
     else:
-        if not args.checkpoint:
-            raise SystemExit("error: --checkpoint is required (or --fake)")
-        # heavy: only when serving a model. Inference runs under the server's lock, so the first request's graph
-        # capture overlaps no other CUDA work
-        import torch
-
-        from policy_models.checkpoints import load_inference_policy
-        from vpp_core.config import compile_setting, resolve_compile_setting
-
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        compile_mode = resolve_compile_setting(compile_setting(args.compile, "--compile"), torch.device(device).type)
-        policy = load_inference_policy(args.checkpoint, args.video_model_path, args.clip_model_path, device,
-                                       use_ema=args.use_ema, cudnn_benchmark=args.cudnn_benchmark,
-                                       compile_mode=compile_mode, short_query_attention=args.short_query_attention,
-                                       float32_matmul_precision=args.float32_matmul_precision,
-                                       fused_decoder=args.fused_decoder)
+        policy, compile_mode = _load_policy_or_exit(args)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("serving on %s without a token: anyone who can reach this port can drive the policy", args.host)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,

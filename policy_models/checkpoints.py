@@ -104,6 +104,8 @@ def resolve_checkpoint_dir(path: str | Path, pointer: str = "last") -> Path:
     """A checkpoint folder itself, or a run folder whose `last`/`best` pointer (in the run folder or its
     checkpoints/ sub-folder) names one."""
     path = Path(path)
+    if not path.exists():  # a mistyped path: saying what the folder lacks would suggest it is there
+        raise CheckpointError(f"checkpoint folder {path} does not exist")
     if (path / CONFIG_FILE).is_file():
         return path
     for base in (path, path / "checkpoints"):

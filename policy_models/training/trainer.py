@@ -24,14 +24,17 @@ of processes, or plain ``python``). What it does, and where it departs from the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any
 
@@ -218,15 +221,43 @@ class Trainer:
         run_dir, ckpt = obj[0]
         return Path(run_dir), (None if ckpt is None else Path(ckpt))
 
+    def _recover_run_dir(self) -> None:
+        """Put back what a kill left in an existing run's checkpoints/ before any process reads a checkpoint."""
+        if self.is_main:
+            recover_from_a_kill(self.run_dir / "checkpoints")
+        self.acc.wait_for_everyone()
+
+    @contextlib.contextmanager
+    def _held_setup_logs(self) -> Iterator[None]:
+        """Hold the log records of the setup (models, data, resume) until `_setup_logging` writes them into log.txt:
+        the run folder is made only after that setup succeeded, so that a mistake in the inputs leaves none behind.
+        Every process holds them (which one is the main is not known yet); the others, and a failed setup, drop them:
+        they were shown on the console already."""
+        root = logging.getLogger()
+        self._early_logs = MemoryHandler(capacity=sys.maxsize, flushLevel=logging.CRITICAL + 1)
+        root.addHandler(self._early_logs)
+        try:
+            yield
+        finally:
+            root.removeHandler(self._early_logs)
+            self._early_logs.close()
+
+    def _log_info_on_main(self) -> None:
+        """The main process logs at INFO from the setup on, so log.txt gets the setup's records; the others keep the
+        caller's level."""
+        if self.is_main and logging.getLogger().level > logging.INFO:
+            logging.getLogger().setLevel(logging.INFO)
+
     def _setup_logging(self) -> None:
+        """Make the run folder, with log.txt (the held setup records first) and run_config.yaml."""
+        logging.getLogger().removeHandler(self._early_logs)  # the setup is over; before log.txt joins: none twice
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            recover_from_a_kill(self.run_dir / "checkpoints")
             handler = logging.FileHandler(self.run_dir / "log.txt")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            self._early_logs.setTarget(handler)
+            self._early_logs.flush()
             logging.getLogger().addHandler(handler)
-            if logging.getLogger().level > logging.INFO:
-                logging.getLogger().setLevel(logging.INFO)
             self._log_handler = handler
             from vpp_core.config import save_config
 
@@ -405,7 +436,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to `training.max_steps` / `max_epochs`, with the objects alive after the first step frozen against
         Python's full garbage collections (vpp_core.gc_freeze)."""
-        with FrozenHeap() as heap:
+        with FrozenHeap() as heap, self._held_setup_logs():
             return self._fit(heap)
 
     def _fit(self, heap: FrozenHeap) -> TrainResult:
@@ -417,13 +448,20 @@ class Trainer:
         head_setting = compile_setting(_sel(cfg, "training.compile_action_head", None), "training.compile_action_head")
         short_query = flag_setting(_sel(cfg, "training.short_query_attention", False), "training.short_query_attention")
         sdpa_perceiver = flag_setting(_sel(cfg, "training.sdpa_perceiver", False), "training.sdpa_perceiver")
+        max_epochs = _sel(cfg, "training.max_epochs", None)
+        max_steps = _sel(cfg, "training.max_steps", None)
+        if max_epochs is None and max_steps is None:
+            raise ConfigError("set training.max_epochs and/or training.max_steps")
         if self.dataset_factory is default_dataset_factory:  # a wrong data path fails before anything is made
             check_dataset_folders(cfg.dataset, ["train", "val"] if _sel(cfg, "training.validate", True) else ["train"])
         self._setup_accelerator()
+        self._log_info_on_main()
         video_mode = resolve_compile_setting(video_setting, self.device.type)
         head_mode = resolve_compile_setting(head_setting, self.device.type)
         self.run_dir, resume_ckpt = self._resolve_run_dir()
-        self._setup_logging()
+        self._recover_run_dir()
+        # from here to _setup_logging: everything that reads the inputs (models, data, checkpoints to resume or start
+        # from) and can find them wrong, before the run folder is made
         seed = int(_sel(cfg, "seed", 0))
         seed_everything(seed)  # identical initialisation on every process
         self.policy = self.policy_factory(cfg, self.device)
@@ -481,6 +519,7 @@ class Trainer:
             log.info("trainable parameters: %s; %d process(es); mixed precision %s; device %s; torch.compile: video "
                      "model %s, action head %s", f"{n_params:,}", self.world, self.mixed_precision, self.device,
                      video_mode or "off", head_mode or "off")
+        self._setup_logging()
 
         bs = int(_sel(cfg, "dataloader.batch_size", 28))
         workers = int(_sel(cfg, "dataloader.num_workers", 0))
@@ -506,10 +545,6 @@ class Trainer:
                 log.warning("no RNG state for rank %d in the checkpoint; reseeding", self.rank)
             seed_everything(seed + self.rank + 104729 * self.state.step)
 
-        max_epochs = _sel(cfg, "training.max_epochs", None)
-        max_steps = _sel(cfg, "training.max_steps", None)
-        if max_epochs is None and max_steps is None:
-            raise ConfigError("set training.max_epochs and/or training.max_steps")
         max_epochs = int(max_epochs) if max_epochs is not None else 10**9
         max_steps = int(max_steps) if max_steps is not None else 10**12
         ckpt_every = int(_sel(cfg, "training.checkpoint_every_steps", 0) or 0)

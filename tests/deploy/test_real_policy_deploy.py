@@ -241,3 +241,35 @@ def test_xbot_agent_takes_the_fused_decoder_setting(xbot_checkpoint, monkeypatch
     with pytest.raises(ValueError, match="needs a CUDA device"):  # the real switch, on the CPU
         step3_deploy_real_xbot.XbotAgent(run, str(svd), str(clip), device="cpu", compile_mode=None,
                                          fused_decoder=True)
+
+
+def _server_error_line(capsys, exit_info) -> str:
+    """The one line a refused server command printed, after checking it ended as the other entry scripts do."""
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.endswith("\n") and err.count("error:") == 1
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("entry", ["deploy.server", "step3_deploy_real_xbot serve"])
+def test_server_reports_a_wrong_checkpoint_path_in_one_line(entry, tmp_path, capsys):
+    """A mistyped --checkpoint ends either server command with one `error:` line naming the path, not a traceback."""
+    import importlib
+
+    module, *command = entry.split()
+    main = importlib.import_module(module).main
+    missing = tmp_path / "runs" / "nope"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--checkpoint", str(missing), "--device", "cpu", "--compile", "none"])
+    assert _server_error_line(capsys, exit_info) == f"error: checkpoint folder {missing} does not exist"
+
+
+def test_server_reports_a_wrong_video_model_path_in_one_line(xbot_checkpoint, tmp_path, capsys):
+    import step3_deploy_real_xbot
+
+    run, _, _, clip, _ = xbot_checkpoint
+    with pytest.raises(SystemExit) as exit_info:
+        step3_deploy_real_xbot.main(["serve", "--checkpoint", str(run), "--video_model_path", str(tmp_path / "svd"),
+                                     "--clip_model_path", str(clip), "--device", "cpu", "--compile", "none"])
+    assert _server_error_line(capsys, exit_info).startswith(f"error: video model folder not found: {tmp_path / 'svd'}")

@@ -128,5 +128,15 @@ def test_save_and_load_round_trip_with_frozen_models(tiny_policy, tiny_model_dir
 
     with pytest.raises(CheckpointError, match="ema_state keys"):
         save_policy_checkpoint(tmp_path / "bad", tiny_policy, ema_state={"x": torch.zeros(1)})
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(CheckpointError, match="not a stage-2 checkpoint"):
         load_policy(tmp_path / "nothing")
+
+
+def test_a_missing_checkpoint_folder_is_reported_as_missing(tmp_path):
+    """A mistyped path says that it does not exist, not what a folder that is not there lacks."""
+    with pytest.raises(CheckpointError, match=r"nope does not exist$"):
+        resolve_checkpoint_dir(tmp_path / "runs" / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty is not a stage-2 checkpoint folder \(no config.yaml\)"):
+        resolve_checkpoint_dir(tmp_path / "empty")

@@ -124,6 +124,33 @@ def test_training_writes_checkpoints_samples_and_logs(run_a):
     assert grid.shape == (4, 128, 128, 3)  # 4 frames; GT over prediction; 2 samples side by side
 
 
+def test_a_run_folder_given_as_the_video_model_names_its_newest_checkpoint(run_a):
+    from video_models.builders import ModelFolderError, check_video_model_folder
+
+    _, result, _ = run_a
+    with pytest.raises(ModelFolderError) as info:
+        check_video_model_folder(result.run_dir)
+    assert str(info.value) == (
+        f"video model folder {result.run_dir} lacks subfolders ['unet', 'vae', 'scheduler']; this looks like a "
+        f"training run folder: pass one of its checkpoints, e.g. {result.run_dir / 'checkpoint-3'}"
+    )
+
+
+def test_an_incomplete_video_model_folder_names_only_what_it_lacks(tmp_path):
+    """The newest checkpoint is the largest step, not the last name in sorted order, and never a half-written one."""
+    from video_models.builders import ModelFolderError, check_video_model_folder
+
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-11.tmp", "run/unet"):
+        (tmp_path / name).mkdir(parents=True)
+    with pytest.raises(ModelFolderError) as info:
+        check_video_model_folder(tmp_path)
+    assert str(info.value).endswith(f"pass one of its checkpoints, e.g. {tmp_path / 'checkpoint-10'}")
+    with pytest.raises(ModelFolderError) as info:
+        check_video_model_folder(tmp_path / "run")
+    assert str(info.value) == (f"video model folder {tmp_path / 'run'} lacks subfolders ['vae', 'scheduler'] "
+                               "(expected a diffusers SVD folder such as svd-robot-calvin)")
+
+
 def test_checkpoint_loads_in_diffusers(run_a):
     from diffusers import StableVideoDiffusionPipeline
 
@@ -185,7 +212,7 @@ def test_prediction_warns_when_asked_for_another_resolution_than_trained(run_a, 
     assert f"validation_args.height={trained[0]} validation_args.width={trained[1]}" in record.getMessage()
 
 
-def test_make_prediction_and_quality_check(run_a, tiny_model_dirs, data_root, tmp_path):
+def test_make_prediction_and_quality_check(run_a, tiny_model_dirs, data_root, tmp_path, capsys, monkeypatch):
     import eval_video_prediction
     import make_prediction
 
@@ -248,12 +275,15 @@ def test_make_prediction_and_quality_check(run_a, tiny_model_dirs, data_root, tm
         "--num_inference_steps",
         "2",
         "--output_dir",
-        str(tmp_path / "eval"),
+        "eval",
         "--device",
         "cpu",
         *overrides,
     ]
+    monkeypatch.chdir(tmp_path)  # the relative --output_dir is printed as the absolute folder it names
+    capsys.readouterr()
     assert eval_video_prediction.main(eval_argv) == 0
+    assert capsys.readouterr().out.endswith(f"prediction grids (DATASET_grid.mp4) are in {tmp_path / 'eval'}\n")
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
     robo = report["datasets"]["robo"]
     assert robo["clips"] == 2 and {"psnr", "ssim", "copy_first_frame_psnr", "motion_ratio"} <= set(robo)

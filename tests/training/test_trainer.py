@@ -180,3 +180,29 @@ def test_init_from_warm_start(calvin_root, tmp_path):
     with pytest.raises(ConfigError, match="convert_vpp_checkpoint"):
         train(tiny_calvin_cfg(calvin_root, tmp_path / "c", "training.max_steps=0",
                               f"init_from={tmp_path / 'released.pt'}"), fake_policy_factory())
+
+
+def test_bad_inputs_leave_no_run_folder(calvin_root, tmp_path):
+    """Data and models are read before the run folder is made: failed attempts do not pile up empty runs."""
+    from policy_models.datasets.base import DatasetError
+    from video_models.builders import ModelFolderError
+
+    runs = tmp_path / "runs"
+    for split in ("training", "validation"):  # folders that exist, without the annotations inside
+        (tmp_path / "bare" / split).mkdir(parents=True)
+    with pytest.raises(DatasetError, match="language annotations not found"):
+        train(tiny_calvin_cfg(tmp_path / "bare", runs, "run.run_dir=null", f"run.output_dir={runs}"),
+              fake_policy_factory())
+    with pytest.raises(ModelFolderError, match="video model folder not found"):
+        train(tiny_calvin_cfg(calvin_root, runs, "run.run_dir=null", f"run.output_dir={runs}",
+                              f"video_model_path={tmp_path / 'svd'}"))
+    assert not runs.exists()
+
+
+def test_the_setup_is_logged_into_the_run_folder_once(calvin_root, tmp_path):
+    """What the setup logs before the run folder exists still reaches its log.txt, and only once."""
+    result = train(tiny_calvin_cfg(calvin_root, tmp_path / "run", "training.max_steps=0", "training.validate=false"),
+                   fake_policy_factory())
+    log_text = (result.run_dir / "log.txt").read_text()
+    assert log_text.count("vpp.train: train: ") == 1 and log_text.count("trainable parameters: ") == 1
+    assert sorted(p.name for p in result.run_dir.iterdir()) == ["checkpoints", "last", "log.txt", "run_config.yaml"]
