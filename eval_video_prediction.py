@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args, overrides = build_parser().parse_known_args(argv)
     from video_dataset.dataset_mix import parse_dataset_names
-    from video_models.prediction import PredictionSettings, default_device, load_models
+    from video_models.prediction import (
+        PredictionSettings,
+        default_device,
+        load_models,
+        warn_on_resolution_mismatch,
+    )
     from video_models.quality import Thresholds, evaluate_datasets, format_report
 
     try:
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = PredictionSettings.from_config(va)
         names = parse_dataset_names(args.dataset)
         device = args.device or default_device()
+        warn_on_resolution_mismatch(args.video_model_path, settings)
         pipe, tokenizer, text_encoder = load_models(
             args.video_model_path, args.clip_model_path, device, resolve_dtype(args.dtype, device)
         )

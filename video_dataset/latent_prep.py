@@ -184,8 +184,8 @@ def check_finished_encodings(
     if conflicts:
         listed = "; ".join(f"{d} ({n} episode(s))" for d, n in conflicts.items())
         raise DatasetError(
-            f"{out_root}: finished episodes were encoded with other settings ({listed}) than this run's, among "
-            f"{finished} finished; re-encode them with --overwrite, or write these latents elsewhere with --output_dir"
+            f"{out_root}: of its {finished} finished episodes, some were encoded with other settings than this "
+            f"run's ({listed}); re-encode them with --overwrite, or write these latents elsewhere with --output_dir"
         )
 
 

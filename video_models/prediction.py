@@ -179,8 +179,8 @@ def predict(
 
 
 def trained_resolution(video_model_path: str | Path) -> tuple[int, int] | None:
-    """(height, width) the stage-1 trainer of this folder trained at, read from the `training_config.yaml` it saves
-    beside each checkpoint; None for folders it did not write (the released svd-robot folders, converted ones)."""
+    """(height, width) the stage-1 trainer trained this checkpoint at, from the `training_config.yaml` it saves in
+    every checkpoint folder; None for folders it did not write (the released svd-robot folders, converted ones)."""
     path = Path(video_model_path) / "training_config.yaml"
     if not path.is_file():
         return None
@@ -191,8 +191,8 @@ def trained_resolution(video_model_path: str | Path) -> tuple[int, int] | None:
 
 
 def warn_on_resolution_mismatch(video_model_path: str | Path, s: PredictionSettings) -> None:
-    """A model predicts at any multiple of the VAE factor, but far from the resolution it was trained at its videos
-    are noise: say so, with the keys that set it, rather than let a wrong config pass unnoticed."""
+    """A model predicts at any multiple of the VAE factor, but at another resolution than it was trained at its
+    videos are rarely what it learned: say so, with the keys that set it, rather than let a config mistake pass."""
     trained = trained_resolution(video_model_path)
     if trained is not None and trained != (s.height, s.width):
         log.warning(

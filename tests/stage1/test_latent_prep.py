@@ -296,7 +296,8 @@ def test_rerun_with_other_settings_refuses_before_encoding(tmp_path, tiny_vae):
     first.write_text(json.dumps({k: v for k, v in ann.items() if k not in ("latent_videos", "latent_encoding")}))
     assert len(prepare_dataset(root, tiny_vae, options=options, progress=False).encoded) == 1
     mtime = (root / "latent_videos/train/0/0.pt").stat().st_mtime_ns
-    with pytest.raises(DatasetError, match=r"resolution: 64 -> 128 \(2 episode\(s\)\).*--overwrite.*--output_dir"):
+    with pytest.raises(DatasetError, match=r"of its 2 finished episodes, some were .*\(resolution: 64 -> 128 "
+                                           r"\(2 episode\(s\)\)\).*--overwrite.*--output_dir"):
         prepare_dataset(root, tiny_vae, options=EncodeOptions(resolution=128, chunk_size=4), progress=False)
     other = copy.deepcopy(tiny_vae)
     with torch.no_grad():
