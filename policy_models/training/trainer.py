@@ -155,6 +155,14 @@ class TrainResult:
     train_losses: list[float] = field(default_factory=list)
 
 
+def _recover_before_reading(path: Path) -> None:
+    """Put back a checkpoint that a kill inside `replace_folder` left renamed, in the checkpoints/ folder of `path`
+    (a run folder) or the one holding it (a checkpoint): the `last` pointer may name it, and is read next."""
+    for folder in (path / "checkpoints", path.parent):
+        if folder.name == "checkpoints" and folder.is_dir():
+            recover_from_a_kill(folder)
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, policy_factory: PolicyFactory | None = None,
                  dataset_factory: DatasetFactory | None = None):
@@ -202,6 +210,7 @@ class Trainer:
             if resume:
                 from policy_models.checkpoints import resolve_checkpoint_dir
 
+                _recover_before_reading(Path(run_dir if str(resume) == "auto" else resume))
                 if str(resume) == "auto":
                     if read_pointer(Path(run_dir), "last") is not None:
                         ckpt = resolve_checkpoint_dir(run_dir)

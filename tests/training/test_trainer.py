@@ -206,3 +206,15 @@ def test_the_setup_is_logged_into_the_run_folder_once(calvin_root, tmp_path):
     log_text = (result.run_dir / "log.txt").read_text()
     assert log_text.count("vpp.train: train: ") == 1 and log_text.count("trainable parameters: ") == 1
     assert sorted(p.name for p in result.run_dir.iterdir()) == ["checkpoints", "last", "log.txt", "run_config.yaml"]
+
+
+def test_resume_auto_after_a_kill_inside_a_checkpoint_replacement(calvin_root, tmp_path):
+    """A kill between the two renames of `replace_folder` leaves the checkpoint that `last` names as NAME.old:
+    run.resume=auto puts it back before it reads the pointer, and continues from it."""
+    common = ["training.max_steps=2", "training.checkpoint_every_steps=2", "training.validate=false"]
+    first = train(tiny_calvin_cfg(calvin_root, tmp_path / "run", *common), fake_policy_factory())
+    last = first.last_checkpoint
+    last.rename(last.with_name(last.name + ".old"))
+    resumed = train(tiny_calvin_cfg(calvin_root, tmp_path / "run", "training.max_steps=3", *common[1:],
+                                    "run.resume=auto"), fake_policy_factory())
+    assert resumed.step == 3 and last.is_dir() and not last.with_name(last.name + ".old").exists()
