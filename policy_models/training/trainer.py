@@ -445,8 +445,28 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to `training.max_steps` / `max_epochs`, with the objects alive after the first step frozen against
         Python's full garbage collections (vpp_core.gc_freeze)."""
-        with FrozenHeap() as heap, self._held_setup_logs():
+        with FrozenHeap() as heap, self._held_setup_logs(), self._run_log_file():
             return self._fit(heap)
+
+    @contextlib.contextmanager
+    def _run_log_file(self) -> Iterator[None]:
+        """Detach the run folder's log.txt handler (`_setup_logging`) when `fit` ends, also on an error, which goes
+        into log.txt first (only there: the console shows it as it propagates). A later run in the same process
+        would otherwise log into this run's file."""
+        try:
+            yield
+        except BaseException:
+            handler = getattr(self, "_log_handler", None)
+            if handler is not None:
+                handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "training stopped by an error",
+                                              None, sys.exc_info()))
+            raise
+        finally:
+            handler = getattr(self, "_log_handler", None)
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+                self._log_handler = None
 
     def _fit(self, heap: FrozenHeap) -> TrainResult:
         cfg = self.cfg
@@ -669,9 +689,6 @@ class Trainer:
         if wandb_run is not None:
             wandb_run.finish()
         self.acc.wait_for_everyone()
-        if self.is_main and getattr(self, "_log_handler", None) is not None:
-            logging.getLogger().removeHandler(self._log_handler)
-            self._log_handler.close()
         result.step, result.epoch = self.state.step, self.state.epoch
         result.best_checkpoint = read_pointer(self.run_dir, "best")
         return result

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from train_helpers import fake_policy_factory, tiny_calvin_cfg
+from train_helpers import FakePolicy, fake_policy_factory, tiny_calvin_cfg
 
 from policy_models.datasets.base import RobotDataset
 from policy_models.training.trainer import default_dataset_factory, train, unpack_loss
@@ -218,3 +220,19 @@ def test_resume_auto_after_a_kill_inside_a_checkpoint_replacement(calvin_root, t
     resumed = train(tiny_calvin_cfg(calvin_root, tmp_path / "run", "training.max_steps=3", *common[1:],
                                     "run.resume=auto"), fake_policy_factory())
     assert resumed.step == 3 and last.is_dir() and not last.with_name(last.name + ".old").exists()
+
+
+def test_an_error_during_training_goes_into_log_txt_and_the_file_is_released(calvin_root, tmp_path, monkeypatch):
+    """A run that fails after its folder exists records the error in its log.txt (nothing lost on a crash) and
+    detaches the file, so that a later run in the same process does not log into it."""
+    def failing_forward(self, batch):
+        raise RuntimeError("the loss exploded")
+
+    monkeypatch.setattr(FakePolicy, "forward", failing_forward)
+    with pytest.raises(RuntimeError, match="the loss exploded"):
+        train(tiny_calvin_cfg(calvin_root, tmp_path / "run", "training.max_steps=2", "training.validate=false"),
+              fake_policy_factory())
+    log_text = (tmp_path / "run" / "log.txt").read_text()
+    assert "training stopped by an error" in log_text and "RuntimeError: the loss exploded" in log_text
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    assert not any(Path(h.baseFilename).parent == tmp_path / "run" for h in files)
