@@ -221,6 +221,9 @@ class Trainer:
                     if run_dir is None:
                         ckpt_parent = ckpt.parent
                         run_dir = ckpt_parent.parent if ckpt_parent.name == "checkpoints" else ckpt_parent
+            if not resume and run_dir is not None and read_pointer(Path(run_dir), "last") is not None:
+                raise ConfigError(f"run.run_dir {run_dir} holds another run's checkpoints; continue it with "
+                                  "run.resume=auto, or give this run another run.run_dir")
             if run_dir is None:
                 stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
                 run_dir = Path(_sel(cfg, "run.output_dir", "runs")) / f"{_sel(cfg, 'experiment_name', 'vpp')}-{stamp}"
@@ -584,8 +587,8 @@ class Trainer:
         self._last_saved_step = self.state.step if resume_ckpt is not None else -1
         wandb_run = self._init_wandb()
         metrics_path = self.run_dir / "metrics.jsonl"
-        if resume_ckpt is not None and self.is_main:  # the steps after the checkpoint run again and are logged again
-            drop_jsonl_records_after(metrics_path, self.state.step)
+        if self.is_main:  # the steps after the checkpoint (a fresh start: all steps) run again and are logged again
+            drop_jsonl_records_after(metrics_path, self.state.step if resume_ckpt is not None else 0)
         result = TrainResult(self.run_dir, self.state.step, self.state.epoch, None, None)
 
         total = min(max_steps, max_epochs * batches_per_epoch)
@@ -657,7 +660,9 @@ class Trainer:
                     stop = True
                     break
                 end_of_epoch = self.state.batch_in_epoch >= batches_per_epoch
-                if ckpt_every and self.state.step % ckpt_every == 0 and not (end_of_epoch and ckpt_epoch_end):
+                # at the end of an epoch, after its validation (below): a checkpoint taken before it would make a
+                # resumed run validate and log that epoch again
+                if ckpt_every and self.state.step % ckpt_every == 0 and not end_of_epoch:
                     result.last_checkpoint = self.save_checkpoint()
 
             if self.state.batch_in_epoch >= batches_per_epoch:  # the epoch is complete
@@ -678,7 +683,7 @@ class Trainer:
                 if improved:
                     self.state.best_val = val["val_mse"]
                     self.state.best_checkpoint = checkpoint_name(self.state.step)
-                if ckpt_epoch_end or improved:
+                if ckpt_epoch_end or improved or (ckpt_every and self.state.step % ckpt_every == 0):
                     result.last_checkpoint = self.save_checkpoint()
         if self._last_saved_step != self.state.step:
             result.last_checkpoint = self.save_checkpoint()

@@ -15,6 +15,7 @@ from train_helpers import FakePolicy, fake_policy_factory, tiny_calvin_cfg
 
 from policy_models.datasets.base import RobotDataset
 from policy_models.training.trainer import default_dataset_factory, train, unpack_loss
+from vpp_core.config import ConfigError
 
 
 class _Sub(RobotDataset):
@@ -236,3 +237,39 @@ def test_an_error_during_training_goes_into_log_txt_and_the_file_is_released(cal
     assert "training stopped by an error" in log_text and "RuntimeError: the loss exploded" in log_text
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     assert not any(Path(h.baseFilename).parent == tmp_path / "run" for h in files)
+
+
+def _logged(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_fresh_start_drops_the_log_of_a_run_killed_before_its_first_checkpoint(calvin_root, tmp_path):
+    """run.resume=auto with no checkpoint starts at step 0: what a killed attempt logged is dropped, not doubled."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3)))
+    train(tiny_calvin_cfg(calvin_root, run, "training.max_steps=2", "training.validate=false", "run.resume=auto"),
+          fake_policy_factory())
+    assert [r["step"] for r in _logged(run)] == [1, 2] and all(r["loss"] != 9.0 for r in _logged(run))
+
+
+def test_a_new_run_refuses_a_run_dir_with_checkpoints(calvin_root, tmp_path):
+    common = ["training.max_steps=1", "training.validate=false"]
+    train(tiny_calvin_cfg(calvin_root, tmp_path / "run", *common), fake_policy_factory())
+    with pytest.raises(ConfigError, match="holds another run's checkpoints; continue it with run.resume=auto"):
+        train(tiny_calvin_cfg(calvin_root, tmp_path / "run", *common), fake_policy_factory())
+
+
+def test_a_step_checkpoint_at_an_epoch_end_is_taken_after_the_validation(calvin_root, tmp_path):
+    """checkpoint_every_steps landing on an epoch's last step (5 batches an epoch): the checkpoint comes after the
+    epoch's validation, so resuming from it (here: the same command once the run is done) validates nothing twice."""
+    common = ["dataloader.batch_size=16", "training.max_epochs=2", "training.checkpoint_every_epoch=false",
+              "training.checkpoint_every_steps=5", "training.val_max_batches=1", "run.resume=auto"]
+    done = train(tiny_calvin_cfg(calvin_root, tmp_path / "run", *common), fake_policy_factory())
+    assert done.step == 10
+    state = json.loads((done.last_checkpoint / "training_state" / "trainer_state.json").read_text())
+    assert state["epoch"] == 2 and state["batch_in_epoch"] == 0
+    logged = _logged(tmp_path / "run")
+    assert [r["step"] for r in logged if "val_mse" in r] == [5, 10]
+    train(tiny_calvin_cfg(calvin_root, tmp_path / "run", *common), fake_policy_factory())
+    assert _logged(tmp_path / "run") == logged
