@@ -346,6 +346,16 @@ def find_resume_checkpoint(resume: str, output_dir: Path, run_dir: Path | None) 
     return None
 
 
+def _refuse_a_run_dir_with_checkpoints(run_dir: Path) -> None:
+    """A new run in a folder that holds another run's checkpoints would overwrite them step by step."""
+    existing = list_checkpoints(run_dir)
+    if existing:
+        raise ConfigError(
+            f"run_dir {run_dir} holds another run's checkpoints ({existing[-1].name}); continue it with resume=latest "
+            "(it needs a checkpoint whose training_state/ was kept), or give this run another run_dir"
+        )
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -468,11 +478,14 @@ class Stage1Trainer:
             self.run_dir = self.resume_from.parent
         else:
             self.run_dir = Path(cfg.run_dir) if cfg.run_dir else _new_run_dir(acc, output_dir)
+            _refuse_a_run_dir_with_checkpoints(self.run_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
         if acc.is_main_process:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
             recover_from_a_kill(self.run_dir)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+            if self.resume_from is None:  # what an attempt killed before its first checkpoint logged is redone
+                drop_jsonl_records_after(self.metrics_path, 0)
 
         self.latent_shape = self._latent_shape()
         self._build_data()  # before loading the models: a data error should not cost a 6 GB load first

@@ -499,3 +499,21 @@ def test_text_embeddings_run_through_the_side_stream(tiny_model_dirs, data_root,
                              max_length=int(trainer.args.clip_token_length),
                              position_encode=bool(trainer.args.position_encode))
     assert torch.equal(emb, direct)
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_clean_log(tiny_model_dirs, data_root, tmp_path):
+    """resume=latest without a checkpoint starts a new run in run_dir: the killed attempt's records are dropped, not
+    doubled. A new run never starts in a run_dir that holds another run's checkpoints."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2)))
+    overrides = tiny_overrides(*tiny_model_dirs, data_root, tmp_path / "out", run_dir=run, max_train_steps=2,
+                               validation_steps=100, resume="latest")
+    train(load_config(TINY, overrides))
+    steps = [json.loads(line).get("step") for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == [1, 2] and len(steps) == len(set(steps))
+    assert all(json.loads(line).get("loss") != 9.0 for line in (run / "metrics.jsonl").read_text().splitlines())
+    fresh = [o for o in overrides if not o.startswith("resume=")]
+    with pytest.raises(ConfigError, match=r"holds another run's checkpoints \(checkpoint-2\); continue it with "
+                                          r"resume=latest"):
+        train(load_config(TINY, fresh))
