@@ -47,7 +47,7 @@ from policy_models.datasets.calvin import (
     find_lang_file,
     load_lang_annotations,
 )
-from vpp_core.process_pool import SPAWN
+from vpp_core.process_pool import SPAWN, exit_with_parent
 
 log = logging.getLogger("pack_calvin")
 
@@ -241,7 +241,8 @@ def pack_split(
         from tqdm import tqdm
 
         bar = tqdm(total=n, initial=done, unit="frame", desc=f"pack {split_dir.name}", smoothing=0.05)
-    pool = SPAWN.Pool(workers) if workers > 1 else None  # never forked: see vpp_core.process_pool
+    # never forked, and ending with this process: see vpp_core.process_pool
+    pool = SPAWN.Pool(workers, initializer=exit_with_parent) if workers > 1 else None
     try:
         results = pool.imap(_read_frames, jobs) if pool else map(_read_frames, jobs)
         for s, res in zip(starts, results):
