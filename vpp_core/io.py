@@ -69,18 +69,26 @@ def replace_folder(tmp: str | Path, final: str | Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def restore_replaced_folder(final: str | Path) -> bool:
+    """Undo what a kill inside `replace_folder(..., final)` left: a `final.old` is renamed back when `final` is
+    missing (a pointer may name it), and removed when `final` exists (the replacement was complete). Returns whether
+    it renamed one back."""
+    final = Path(final)
+    old = final.with_name(final.name + REPLACED_SUFFIX)
+    if not old.exists():
+        return False
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        return False
+    os.replace(old, final)
+    return True
+
+
 def restore_replaced_folders(folder: str | Path) -> list[Path]:
-    """Undo what a kill inside `replace_folder` left in `folder`: a `NAME.old` whose `NAME` is missing is renamed back
-    (a pointer may name it), one whose `NAME` exists is removed. Returns the folders renamed back."""
-    restored = []
-    for old in sorted(Path(folder).glob(f"*{REPLACED_SUFFIX}")) if Path(folder).is_dir() else []:
-        final = old.with_name(old.name[: -len(REPLACED_SUFFIX)])
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, final)
-            restored.append(final)
-    return restored
+    """`restore_replaced_folder` for every `NAME.old` in `folder`; returns the folders renamed back."""
+    olds = sorted(Path(folder).glob(f"*{REPLACED_SUFFIX}")) if Path(folder).is_dir() else []
+    finals = [old.with_name(old.name[: -len(REPLACED_SUFFIX)]) for old in olds]
+    return [final for final in finals if restore_replaced_folder(final)]
 
 
 def recover_from_a_kill(folder: str | Path) -> None:

@@ -45,6 +45,7 @@ from policy_models.datasets.vae_latents import (
 )
 from policy_models.tvp_encoder import vae_scale_factor
 from vpp_core.config import ConfigError
+from vpp_core.io import restore_replaced_folder
 
 log = logging.getLogger("encode_latents")
 
@@ -84,6 +85,7 @@ def encode_split(
     """Encode one split folder's annotated frames; returns the ``vae_latents/`` folder."""
     split_dir = Path(split_dir)
     final = split_dir / LATENTS_DIR
+    restore_replaced_folder(final)  # what a run killed while replacing older latents left
     identity = vae_identity(vae, image_size)
     if (final / LATENTS_INDEX).is_file() and not overwrite:
         made_with = json.loads((final / LATENTS_INDEX).read_text()).get("vae") or {}

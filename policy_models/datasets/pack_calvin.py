@@ -47,6 +47,7 @@ from policy_models.datasets.calvin import (
     find_lang_file,
     load_lang_annotations,
 )
+from vpp_core.io import replace_folder, restore_replaced_folder
 from vpp_core.process_pool import SPAWN, exit_with_parent
 
 log = logging.getLogger("pack_calvin")
@@ -180,15 +181,7 @@ class PartialArrays:
         _write_json_atomic(index, self.partial / index_name)
         self.progress_path.unlink(missing_ok=True)
         _fsync_dir(self.partial)
-        if self.final.exists():
-            old = self.final.with_name(self.final.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(self.final, old)
-            os.replace(self.partial, self.final)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.partial, self.final)
+        replace_folder(self.partial, self.final)  # a kill inside it is undone by `restore_replaced_folder`
         _fsync_dir(self.final.parent)
         return self.final
 
@@ -206,6 +199,7 @@ def pack_split(
     """Pack one split folder; returns the ``packed/`` folder. See the module docstring."""
     split_dir = Path(split_dir)
     final = split_dir / PACKED_DIR
+    restore_replaced_folder(final)  # what a run killed while replacing an older pack left
     if (final / PACKED_INDEX).is_file() and not overwrite:
         log.info("%s already packed (%s); pass --overwrite to re-pack", split_dir, final)
         return final

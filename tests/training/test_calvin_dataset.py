@@ -137,6 +137,21 @@ def test_packing_is_resumable(calvin_root, monkeypatch):
         assert torch.equal(packed[i]["actions"], npz[i]["actions"])
 
 
+def test_a_kill_while_replacing_a_pack_is_undone_by_the_next_run(calvin_root):
+    """`--overwrite` renames the old pack to packed.old and removes it last: killed while removing it, the next run
+    deletes the rest; killed between the two renames (no packed/), it puts the old pack back."""
+    import shutil
+
+    split = calvin_root / "validation"
+    final = pack_split(split, workers=1, chunk=8, progress=False)
+    leftover = split / "packed.old"
+    (leftover / "half_deleted").mkdir(parents=True)
+    assert pack_split(split, workers=1, chunk=8, progress=False) == final and not leftover.exists()
+    shutil.move(final, leftover)
+    assert pack_split(split, workers=1, chunk=8, progress=False) == final
+    assert (final / "index.json").is_file() and not leftover.exists()
+
+
 # ---------------------------------------------------------------------------------------------------- bad data
 def _rewrite_frame(path, drop=None, **replace):
     data = dict(np.load(path))
