@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "environment": environment(), "runs": {}}
     for n in counts:
         run_dir = args.work / "scaling" / f"stage{args.stage}_{n}proc"
+        # a timing run starts from scratch: an earlier run's folder (other settings) would be refused or mixed in
+        shutil.rmtree(run_dir, ignore_errors=True)
         overrides = trainer_overrides(args.stage, args.work, args.data, run_dir, args.steps, args.log_every)
         finished, tail = run_trainer(stage["script"], n, config, overrides + args.extra, args.cpu, args.timeout)
         entry: dict[str, Any] = {"run_dir": str(run_dir), "finished": finished}

@@ -575,6 +575,11 @@ def test_trainer_scaling_runs_each_trainer_with_one_and_two_processes(stage, tmp
         for run in out["runs"].values():
             rows = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
             assert not any("val_mse" in row for row in rows)
+        # a second timing run in the same work folder starts from scratch, not refused by the first run's checkpoint
+        again = trainer_scaling.main([*argv[:5], "1", *argv[6:]])
+        capsys.readouterr()
+        rows = (Path(again["runs"]["1"]["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        assert again["runs"]["1"]["finished"] and [json.loads(row)["step"] for row in rows] == [1, 2, 3]
 
 
 def test_trainer_scaling_window_rates_and_missing_inputs(tmp_path):
