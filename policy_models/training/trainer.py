@@ -202,6 +202,11 @@ class Trainer:
             # checked on every process; a new run gets a new timestamped folder, which auto would never find again
             raise ConfigError("run.resume=auto continues the run in run.run_dir, which is not set; set "
                               "run.run_dir=FOLDER (the same on every call), or pass run.resume=<run folder>")
+        fixed_dir = _sel(cfg, "run.run_dir", None)
+        if not _sel(cfg, "run.resume", None) and fixed_dir and read_pointer(Path(fixed_dir), "last") is not None:
+            # checked on every process too: a new run would write its checkpoints over the other run's
+            raise ConfigError(f"run.run_dir {fixed_dir} holds another run's checkpoints; continue it with "
+                              "run.resume=auto, or give this run another run.run_dir")
         obj: list[Any] = [None]
         if self.is_main:
             resume = _sel(cfg, "run.resume", None)
@@ -221,9 +226,6 @@ class Trainer:
                     if run_dir is None:
                         ckpt_parent = ckpt.parent
                         run_dir = ckpt_parent.parent if ckpt_parent.name == "checkpoints" else ckpt_parent
-            if not resume and run_dir is not None and read_pointer(Path(run_dir), "last") is not None:
-                raise ConfigError(f"run.run_dir {run_dir} holds another run's checkpoints; continue it with "
-                                  "run.resume=auto, or give this run another run.run_dir")
             if run_dir is None:
                 stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
                 run_dir = Path(_sel(cfg, "run.output_dir", "runs")) / f"{_sel(cfg, 'experiment_name', 'vpp')}-{stamp}"
