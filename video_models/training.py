@@ -26,6 +26,7 @@ stops cleanly at `max_train_steps` and writes a final checkpoint; DataLoader wor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -60,6 +61,7 @@ from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl, atomic_json_dump, drop_jsonl_records_after, recover_from_a_kill, replace_folder
 from vpp_core.memory import peak_memory_record
 from vpp_core.precision import mixed_precision_name, resolve_dtype
+from vpp_core.run_log import run_log_file
 from vpp_core.seeding import seed_everything
 from vpp_core.sharded_optimizer import ShardedAdamW
 from vpp_core.side_stream import SideStream
@@ -627,8 +629,9 @@ class Stage1Trainer:
     # ------------------------------------------------------------------------------------------------ training
     def train(self) -> TrainResult:
         """Run the training loop up to `max_train_steps`, with the objects alive after the first step frozen
-        against Python's full garbage collections (vpp_core.gc_freeze)."""
-        with FrozenHeap() as heap:
+        against Python's full garbage collections (vpp_core.gc_freeze), logging into the run folder's log.txt."""
+        logs = run_log_file(self.run_dir / "log.txt") if self.accelerator.is_main_process else contextlib.nullcontext()
+        with FrozenHeap() as heap, logs:
             return self._train(heap)
 
     def _train(self, heap: FrozenHeap) -> TrainResult:
@@ -640,8 +643,9 @@ class Stage1Trainer:
         ga = int(cfg.gradient_accumulation_steps)
         batches_per_epoch = math.ceil(self.train_sampler.per_rank / int(cfg.train_batch_size))
         log.info(
-            "run folder %s; %d train clips, %d val clips, %d batches/epoch/process, %d processes",
+            "run folder %s, from step %d; %d train clips, %d val clips, %d batches/epoch/process, %d processes",
             self.run_dir,
+            self.global_step,
             len(self.train_set),
             len(self.val_set),
             batches_per_epoch,

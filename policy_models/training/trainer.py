@@ -74,6 +74,7 @@ from vpp_core.gc_freeze import FrozenHeap
 from vpp_core.input_wait import InputWaitMeter
 from vpp_core.io import append_jsonl, drop_jsonl_records_after, recover_from_a_kill, replace_folder
 from vpp_core.memory import peak_memory_record
+from vpp_core.run_log import run_log_file
 from vpp_core.seeding import seed_everything
 
 log = logging.getLogger("vpp.train")
@@ -267,12 +268,9 @@ class Trainer:
         logging.getLogger().removeHandler(self._early_logs)  # the setup is over; before log.txt joins: none twice
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(self.run_dir / "log.txt")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler = self._run_logs.enter_context(run_log_file(self.run_dir / "log.txt"))
             self._early_logs.setTarget(handler)
             self._early_logs.flush()
-            logging.getLogger().addHandler(handler)
-            self._log_handler = handler
             from vpp_core.config import save_config
 
             save_config(self.cfg, self.run_dir / "run_config.yaml")  # not config.yaml: that marks a checkpoint folder
@@ -450,28 +448,9 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to `training.max_steps` / `max_epochs`, with the objects alive after the first step frozen against
         Python's full garbage collections (vpp_core.gc_freeze)."""
-        with FrozenHeap() as heap, self._held_setup_logs(), self._run_log_file():
+        # _run_logs: the run folder's log.txt (vpp_core.run_log), entered by _setup_logging once the folder exists
+        with FrozenHeap() as heap, self._held_setup_logs(), contextlib.ExitStack() as self._run_logs:
             return self._fit(heap)
-
-    @contextlib.contextmanager
-    def _run_log_file(self) -> Iterator[None]:
-        """Detach the run folder's log.txt handler (`_setup_logging`) when `fit` ends, also on an error, which goes
-        into log.txt first (only there: the console shows it as it propagates). A later run in the same process
-        would otherwise log into this run's file."""
-        try:
-            yield
-        except BaseException:
-            handler = getattr(self, "_log_handler", None)
-            if handler is not None:
-                handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "training stopped by an error",
-                                              None, sys.exc_info()))
-            raise
-        finally:
-            handler = getattr(self, "_log_handler", None)
-            if handler is not None:
-                logging.getLogger().removeHandler(handler)
-                handler.close()
-                self._log_handler = None
 
     def _fit(self, heap: FrozenHeap) -> TrainResult:
         cfg = self.cfg

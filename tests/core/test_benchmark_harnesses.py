@@ -568,7 +568,7 @@ def test_trainer_scaling_runs_each_trainer_with_one_and_two_processes(stage, tmp
     out = _scaling_run(trainer_scaling, argv, capsys)
     written = {n: sorted(p.name for p in Path(run["run_dir"]).iterdir()) for n, run in out["runs"].items()}
     if stage == 1:
-        assert all(names == ["config.yaml", "metrics.jsonl", "samples"] for names in written.values())
+        assert all(names == ["config.yaml", "log.txt", "metrics.jsonl", "samples"] for names in written.values())
         assert all(not any((Path(run["run_dir"]) / "samples").iterdir()) for run in out["runs"].values())
     else:  # the stage-2 trainer always saves its last step
         assert all("checkpoints" in names and "metrics.jsonl" in names for names in written.values())

@@ -501,6 +501,12 @@ def test_text_embeddings_run_through_the_side_stream(tiny_model_dirs, data_root,
     assert torch.equal(emb, direct)
 
 
+def test_the_run_folder_keeps_a_log(run_a):
+    _, result, _ = run_a
+    text = (result.run_dir / "log.txt").read_text()
+    assert f"run folder {result.run_dir}, from step 0" in text and "saved " in text
+
+
 def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_clean_log(tiny_model_dirs, data_root, tmp_path):
     """resume=latest without a checkpoint starts a new run in run_dir: the killed attempt's records are dropped, not
     doubled. A new run never starts in a run_dir that holds another run's checkpoints."""
