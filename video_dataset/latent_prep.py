@@ -314,7 +314,9 @@ def prepare_dataset(
         jobs.extend((p, split) for p in list_annotation_files(root / annotation_name / split))
     record = encoding_record(vae, options)
     if not overwrite:
-        factor = 8 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+        from video_models.pipeline import vae_scale_factor
+
+        factor = 8 if vae is None else vae_scale_factor(vae)
         check_finished_encodings(jobs, out_root, annotation_name, record, options.resolution // factor)
     report = PrepareReport()
     bar = tqdm(jobs, desc=f"encoding {root.name}", unit="episode", disable=not progress)

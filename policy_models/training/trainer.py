@@ -157,8 +157,9 @@ class TrainResult:
 
 
 def _recover_before_reading(path: Path) -> None:
-    """Put back a checkpoint that a kill inside `replace_folder` left renamed, in the checkpoints/ folder of `path`
-    (a run folder) or the one holding it (a checkpoint): the `last` pointer may name it, and is read next."""
+    """Undo what a kill left in the checkpoints/ folder of `path` (a run folder) or the one holding it (a
+    checkpoint): a checkpoint left renamed inside `replace_folder`, which the `last` pointer may name, is put back,
+    and half-written `.NAME.tmp` folders are removed (vpp_core.io.recover_from_a_kill)."""
     for folder in (path / "checkpoints", path.parent):
         if folder.name == "checkpoints" and folder.is_dir():
             recover_from_a_kill(folder)
@@ -213,10 +214,13 @@ class Trainer:
             resume = _sel(cfg, "run.resume", None)
             run_dir = _sel(cfg, "run.run_dir", None)
             ckpt = None
+            # before any pointer or checkpoint is read; the other processes wait for the broadcast below
+            for path in (run_dir, None if str(resume) == "auto" else resume):
+                if path:
+                    _recover_before_reading(Path(path))
             if resume:
                 from policy_models.checkpoints import resolve_checkpoint_dir
 
-                _recover_before_reading(Path(run_dir if str(resume) == "auto" else resume))
                 if str(resume) == "auto":
                     if read_pointer(Path(run_dir), "last") is not None:
                         ckpt = resolve_checkpoint_dir(run_dir)
@@ -235,12 +239,6 @@ class Trainer:
             broadcast_object_list(obj)
         run_dir, ckpt = obj[0]
         return Path(run_dir), (None if ckpt is None else Path(ckpt))
-
-    def _recover_run_dir(self) -> None:
-        """Put back what a kill left in an existing run's checkpoints/ before any process reads a checkpoint."""
-        if self.is_main:
-            recover_from_a_kill(self.run_dir / "checkpoints")
-        self.acc.wait_for_everyone()
 
     @contextlib.contextmanager
     def _held_setup_logs(self) -> Iterator[None]:
@@ -472,7 +470,6 @@ class Trainer:
         video_mode = resolve_compile_setting(video_setting, self.device.type)
         head_mode = resolve_compile_setting(head_setting, self.device.type)
         self.run_dir, resume_ckpt = self._resolve_run_dir()
-        self._recover_run_dir()
         # from here to _setup_logging: everything that reads the inputs (models, data, checkpoints to resume or start
         # from) and can find them wrong, before the run folder is made
         seed = int(_sel(cfg, "seed", 0))
