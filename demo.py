@@ -35,7 +35,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vpp_core.config import ConfigError, apply_overrides, load_config
-from vpp_core.io import atomic_write
+from vpp_core.io import atomic_json_dump
 
 REPO = Path(__file__).resolve().parent
 DATASET_NAME = "tabletop"
@@ -101,8 +101,7 @@ def write_record(stage: Stage, upstream: dict[str, str], finished: str | None) -
     again when it is done, with a token that tells the stages after it which results they were made from; atomically,
     as a half-written record would stop every later run."""
     record = {"stage": stage.title, "settings": stage.settings, "upstream": upstream, "finished": finished}
-    with atomic_write(stage.record_path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
+    atomic_json_dump(record, stage.record_path, indent=1)
 
 
 def show(value: Any) -> str:

@@ -223,21 +223,15 @@ def check_video_model_folder(path: str | Path) -> Path:
     return path
 
 
-def _newest_training_checkpoint(folder: Path) -> Path | None:
-    """The `checkpoint-N` subfolder with the largest N, as a stage-1 run writes them; None when there is none. Read
-    here rather than through video_models.training, whose data-loading imports an error message should not need."""
-    steps = {int(p.name.removeprefix("checkpoint-")): p for p in folder.glob("checkpoint-*")
-             if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()}
-    return steps[max(steps)] if steps else None
-
-
 def _model_folder_hint(folder: Path) -> str:
     """What to pass instead of an incomplete video model folder: a stage-1 run folder is an easy mistake (its
     checkpoints are the model folders), so name its newest checkpoint."""
-    checkpoint = _newest_training_checkpoint(folder)
-    if checkpoint is None:
+    from video_models.training import list_checkpoints  # the stage-1 trainer's naming; imported on this error only
+
+    checkpoints = list_checkpoints(folder)
+    if not checkpoints:
         return " (expected a diffusers SVD folder such as svd-robot-calvin)"
-    return f"; this looks like a training run folder: pass one of its checkpoints, e.g. {checkpoint}"
+    return f"; this looks like a training run folder: pass one of its checkpoints, e.g. {checkpoints[-1]}"
 
 
 def load_pretrained(cls: Any, folder: str | Path, subfolder: str | None = None, **kwargs: Any) -> Any:
